@@ -1,0 +1,124 @@
+"""Run folders and the predictions table (see DESIGN.md: Tables 3 and 4, Runs).
+
+``results/<profile>/<run_id>/`` holds ``params.yaml``, the executed notebooks, ``predictions.csv``,
+``metrics.json``, ``bank.yaml`` (which bank the run used) and ``status.json``. Every write is atomic.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import io
+from .config import PROJECT_ROOT
+
+LABELS = ("speech", "nonspeech")
+PREDICTION_COLUMNS = ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech"]
+SYSTEM_KEY = ["system", "variant", "seed"]
+
+
+def results_root(root: str | Path | None = None) -> Path:
+    path = Path(root) if root else PROJECT_ROOT / "results"
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def make_run_id(prefix: str = "") -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}{stamp}"
+
+
+def run_dir_for(profile: str, run_id: str, root: str | Path | None = None) -> Path:
+    return results_root(root) / profile / run_id
+
+
+def predictions_frame(
+    *,
+    run_id: str,
+    system: str,
+    clip_ids: Sequence[str],
+    labels: Sequence[str],
+    p_speech: Sequence[float] | np.ndarray,
+    variant: str = "",
+    seed: int | None = None,
+    threshold: float = 0.5,
+    pred: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``."""
+    p = np.asarray(p_speech, dtype=float)
+    if len(p) != len(clip_ids) or len(labels) != len(clip_ids):
+        raise ValueError(f"clip_ids ({len(clip_ids)}), labels ({len(labels)}) and p_speech ({len(p)}) differ in length")
+    if np.isnan(p).any():
+        raise ValueError(f"system {system!r}: p_speech has {int(np.isnan(p).sum())} NaN values")
+    bad = sorted(set(labels) - set(LABELS))
+    if bad:
+        raise ValueError(f"unknown labels {bad}; labels must be one of {LABELS}")
+    if pred is None:
+        pred = np.where(p >= threshold, "speech", "nonspeech")
+    return pd.DataFrame(
+        {
+            "run_id": run_id,
+            "system": system,
+            "variant": variant,
+            "seed": -1 if seed is None else int(seed),
+            "clip_id": list(clip_ids),
+            "label": list(labels),
+            "pred": list(pred),
+            "p_speech": p,
+        }
+    )[PREDICTION_COLUMNS]
+
+
+def read_predictions(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / "predictions.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    df = pd.read_csv(path, dtype={"clip_id": str, "variant": str, "system": str, "run_id": str}, keep_default_na=False)
+    df["p_speech"] = df["p_speech"].astype(float)
+    return df
+
+
+def write_predictions(run_dir: str | Path, df: pd.DataFrame) -> Path:
+    """Add (or replace) the rows of the systems in ``df`` in the run's predictions.csv, atomically."""
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}; expected {PREDICTION_COLUMNS}")
+    old = read_predictions(run_dir)
+    if len(old):
+        keys = set(map(tuple, df[SYSTEM_KEY].astype(str).drop_duplicates().values))
+        keep = ~old[SYSTEM_KEY].astype(str).apply(tuple, axis=1).isin(keys)
+        df = pd.concat([old[keep], df[PREDICTION_COLUMNS]], ignore_index=True)
+    return io.write_csv(Path(run_dir) / "predictions.csv", df[PREDICTION_COLUMNS])
+
+
+def write_bank_pointer(run_dir: str | Path, manifest: str | Path, sha256: str | None = None) -> Path:
+    manifest = Path(manifest).resolve()
+    return io.write_yaml(Path(run_dir) / "bank.yaml", {"manifest": str(manifest), "sha256": sha256 or io.sha256_file(manifest)})
+
+
+def read_bank_pointer(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "bank.yaml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run chapter 01_data_prep for this run first (it builds the bank and "
+            "records it there), or pass bank_manifest=<path to a bank's manifest.csv>"
+        )
+    return Path(yaml.safe_load(path.read_text())["manifest"])
+
+
+def update_json(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into a JSON object file (created if missing), atomically."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(updates)
+    io.write_json(path, data)
+    return data
+
+
+def list_runs(profile: str, root: str | Path | None = None) -> Iterable[Path]:
+    base = results_root(root) / profile
+    return sorted(p for p in base.glob("*") if p.is_dir() and not p.name.startswith("."))
