@@ -16,6 +16,7 @@ import yaml
 PROFILES_DIR = Path(__file__).parent / "profiles"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BASE_PROFILE = "cpu"
+PROJECT_PATH_KEYS = ("results_root", "figures_dir", "bank_dir")
 
 
 class ConfigError(ValueError):
@@ -89,7 +90,12 @@ def resolve(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = N
             )
         if v is not None:
             cfg[k] = v
-    cfg["data_dir"] = str(resolve_data_dir(cfg.get("data_dir"))) if resolve_data_dir(cfg.get("data_dir")) else None
+    data_dir = resolve_data_dir(cfg.get("data_dir"))
+    cfg["data_dir"] = str(data_dir) if data_dir else None
+    # Folders the project writes to are relative to the project root, whatever the working directory.
+    for key in PROJECT_PATH_KEYS:
+        if cfg.get(key) and not Path(cfg[key]).is_absolute():
+            cfg[key] = str(PROJECT_ROOT / cfg[key])
     return cfg
 
 

@@ -1,0 +1,57 @@
+# speechbook: `make book` runs every chapter in order; `make test` runs the tests.
+# The virtual environment is made on first use (and again whenever pyproject.toml changes).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch that lies on this machine's disk (see the env docs); a GPU machine can pass
+# TORCH_SPEC="torch" (or any CUDA build >= 2.4) instead.
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= cpu
+RUN_ID ?= book
+CHAPTERS ?=
+SET ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup book test test-browser test-all lab clean-notebooks bench rerun status
+
+help:
+	@echo "make book [PROFILE=cpu|full] [RUN_ID=name] [CHAPTERS='01 03'] [SET='seed=1 epochs=2']"
+	@echo "make test | make test-browser | make lab | make bench"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name speechbook --display-name "speechbook (.venv)" >/dev/null
+	touch $@
+
+book: setup
+	$(PY) -m lib book --profile $(PROFILE) --run-id $(RUN_ID) $(if $(CHAPTERS),--chapters "$(CHAPTERS)") $(foreach s,$(SET),--set $(s))
+
+rerun: setup
+	$(PY) -m lib rerun $(RUN_DIR)
+
+status: setup
+	$(PY) -m lib status results/$(PROFILE)/$(RUN_ID)
+
+test: setup
+	$(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
+
+# JupyterLab in headless Chromium: needs Debian's chromium (.ci/browser-setup.sh installs it).
+test-browser: setup
+	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
+
+test-all: test test-browser
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-notebooks: setup
+	$(PY) -m lib clean-notebooks
+
+bench: setup
+	$(PY) -m bench.cpu

@@ -1,0 +1,127 @@
+"""Command line: ``python -m lib <command>``.
+
+  book     run the chapters in order with papermill (what ``make book`` calls)
+  rerun    run a recorded run again from its folder alone
+  status   say what a run folder holds and whether it is complete
+  predict  score any clips with a system and write the predictions table
+  clean-notebooks  strip outputs from the stored notebooks
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import ConfigError, available_profiles, parse_override
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from .book import ChapterFailed, run_book
+
+    overrides = dict(parse_override(s) for s in args.set or [])
+    chapters = [c for c in (args.chapters or "").replace(",", " ").split() if c] or None
+    try:
+        run_book(
+            args.profile, overrides, run_id=args.run_id, chapters=chapters, force=args.force, progress_bar=args.progress,
+            results_dir=args.results_dir, notebooks_dir=args.notebooks_dir,
+        )
+    except ChapterFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from .book import rerun
+
+    rerun(args.run_dir, run_id=args.run_id)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .book import read_params, read_status
+
+    status = read_status(args.run_dir)
+    params = read_params(args.run_dir)
+    print(f"run {Path(args.run_dir).name}: {status['state']}" + (f" ({status['note']})" if status.get("note") else ""))
+    print(f"profile {params['profile']}, overrides {params.get('overrides') or {}}, commit {params['git'].get('commit')}")
+    for name, chapter in status.get("chapters", {}).items():
+        extra = f" {chapter['seconds']}s" if "seconds" in chapter else ""
+        extra += f"  {chapter['error']}" if "error" in chapter else ""
+        print(f"  {name}: {chapter['state']}{extra}")
+    return 0 if status["state"] == "complete" else 1
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_manifest
+
+    out = predict_manifest(
+        system=args.system, manifest=args.manifest, audio_root=args.audio_root, out=args.out,
+        normalization=args.normalization, batch_size=args.batch_size,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from .book import NOTEBOOKS_DIR, clean_notebook
+
+    paths = [Path(p) for p in args.paths] or sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+    changed = [p for p in paths if clean_notebook(p)]
+    for p in changed:
+        print(f"cleaned {p}")
+    return 1 if (changed and args.check) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    book = sub.add_parser("book", help="execute the chapters in order with papermill")
+    book.add_argument("--profile", default="cpu", help=f"one of: {', '.join(available_profiles())}")
+    book.add_argument("--run-id", default=None, help="run folder name (default: a timestamp); an incomplete run of that name is resumed")
+    book.add_argument("--chapters", default=None, help="chapters to run, e.g. '01 03 05' (default: all)")
+    book.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a profile parameter (value read as YAML)")
+    book.add_argument("--force", action="store_true", help="rerun chapters already done in an incomplete run")
+    book.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    book.add_argument("--results-dir", default=None, help="where run folders go (default: the profile's results_root)")
+    book.add_argument("--notebooks-dir", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help=argparse.SUPPRESS)
+    book.set_defaults(func=_cmd_book)
+
+    rr = sub.add_parser("rerun", help="run a recorded run again from its folder alone")
+    rr.add_argument("run_dir")
+    rr.add_argument("--run-id", default=None)
+    rr.set_defaults(func=_cmd_rerun)
+
+    st = sub.add_parser("status", help="what a run folder holds; exit 1 unless complete")
+    st.add_argument("run_dir")
+    st.set_defaults(func=_cmd_status)
+
+    pr = sub.add_parser("predict", help="score clips with a system and write the predictions table")
+    pr.add_argument("--system", required=True, help="silero | webrtc | <run folder> | <run folder>:<system name>")
+    pr.add_argument("--manifest", required=True, help="CSV with at least path and label columns (clip_id optional)")
+    pr.add_argument("--audio-root", required=True, help="folder the manifest's paths are relative to")
+    pr.add_argument("--out", required=True, help="predictions CSV to write")
+    pr.add_argument("--normalization", default=None, choices=["none", "peak", "rms"], help="default: the system's own")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.set_defaults(func=_cmd_predict)
+
+    cl = sub.add_parser("clean-notebooks", help="strip outputs/execution counts from stored notebooks")
+    cl.add_argument("paths", nargs="*")
+    cl.add_argument("--check", action="store_true", help="exit 1 if any notebook had to be cleaned")
+    cl.set_defaults(func=_cmd_clean)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""Audio in, audio out: loading, level normalization, mixing at an exact SNR, noise, reverberation,
+band filters and exact cuts. Everything works on float32 mono arrays at 16 kHz (``SR``).
+
+Conventions
+-----------
+* Every function that can fail on bad input raises a ``ValueError`` subclass whose message names the
+  file (``AudioError``) or the parameter (``ValueError``) and says what to do.
+* ``load_audio`` accepts any sample rate and channel count: channels are averaged and other rates are
+  resampled to 16 kHz with soxr; both emit an ``AudioNote`` warning naming the file, so nothing is
+  changed silently.
+* SNR is the ratio of mean powers over the whole clip, ``10 log10(P_signal / P_noise)``, computed in
+  float64; ``mix_at_snr`` scales the noise so that this is exact.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+SR = 16000
+SNR_RANGE_DB = (-10.0, 20.0)
+DURATION_RANGE_MS = (20, 1000)
+RT60_RANGE_S = (0.0, 2.5)
+NORMALIZATIONS = ("none", "peak", "rms")
+FILTERS = ("none", "telephone", "lowpass", "highpass")
+NOISE_TYPES = ("white", "pink", "real")
+TARGET_PEAK = 0.99
+TARGET_RMS_DBFS = -20.0
+SILENCE_PEAK = 1e-8  # a clip whose largest |sample| is below this counts as all-silent
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+LOWPASS_HZ = 4000.0
+HIGHPASS_HZ = 500.0
+
+# Formats soundfile (libsndfile) decodes, by file extension.
+AUDIO_EXTENSIONS = {
+    ".wav": "WAV", ".wave": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".opus": "OGG",
+    ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF", ".aifc": "AIFF", ".au": "AU", ".snd": "AU",
+    ".caf": "CAF", ".w64": "W64", ".rf64": "RF64",
+}
+
+
+class AudioError(ValueError):
+    """An audio file cannot be used; the message names the file and says why and what to do."""
+
+
+class AudioNote(UserWarning):
+    """Input was converted on load (channels averaged, sample rate changed); names the file."""
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def load_audio(path: str | os.PathLike, sr: int = SR) -> np.ndarray:
+    """Read an audio file as float32 mono at ``sr`` Hz.
+
+    Multi-channel files are averaged to mono and any other sample rate is resampled (soxr, high
+    quality); each conversion emits an ``AudioNote`` warning naming the file. Raises ``AudioError``
+    (a ``ValueError``) naming the file for: a missing file, an unsupported format, a file that is not
+    audio although its extension says so, a corrupt or truncated file, a file with no samples, and
+    NaN or infinite samples.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path} (check the path, or the manifest row that names it)")
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file")
+    ext = path.suffix.lower()
+    if ext not in AUDIO_EXTENSIONS:
+        raise AudioError(
+            f"unsupported audio format {ext or '(no extension)'!r} for {path}; supported extensions: "
+            f"{', '.join(sorted(AUDIO_EXTENSIONS))}. Convert it first, e.g. `ffmpeg -i in{ext} -ac 1 -ar 16000 out.flac`"
+        )
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file {path} is empty (0 bytes); re-download or re-export it")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile: "Format not recognised", "Error in WAV file" ...
+        raise AudioError(
+            f"cannot read {path} as audio ({_short(e)}): the file is corrupt, truncated, or not {AUDIO_EXTENSIONS[ext]} "
+            "audio despite its extension; re-download or re-export it"
+        ) from e
+    if "(should be" in (info.extra_info or ""):  # libsndfile found a header length larger than the data
+        raise AudioError(f"audio file {path} is truncated (its header promises more data than the file holds); re-download it")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as e:  # e.g. "flac decoder lost sync" on a truncated FLAC
+        raise AudioError(f"cannot decode {path} ({_short(e)}): the file is corrupt or truncated; re-download or re-export it") from e
+    if info.frames > 0 and data.shape[0] < info.frames:
+        raise AudioError(f"audio file {path} is truncated: {data.shape[0]} of {info.frames} frames could be read")
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} holds no samples (zero length)")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(f"audio file {path} has {bad} NaN or infinite samples; it cannot be used as is")
+    if data.shape[1] > 1:
+        warnings.warn(f"{path}: {data.shape[1]} channels averaged to mono", AudioNote, stacklevel=2)
+    x = data.mean(axis=1)
+    if file_sr != sr:
+        warnings.warn(f"{path}: resampled from {file_sr} Hz to {sr} Hz", AudioNote, stacklevel=2)
+        x = resample(x, file_sr, sr)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resample(x: np.ndarray, orig_sr: int, target_sr: int = SR) -> np.ndarray:
+    """Resample with soxr (high quality); the output has ``round(len * target / orig)`` samples."""
+    if orig_sr == target_sr:
+        return np.asarray(x)
+    import soxr
+
+    return soxr.resample(np.asarray(x, dtype=np.float64), orig_sr, target_sr, quality="HQ")
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray, sr: int = SR) -> Path:
+    """Write float32 WAV (subtype FLOAT: no quantization, no clipping), atomically."""
+    import soundfile as sf
+
+    from . import io
+
+    path = Path(path)
+    with io.atomic_path(path) as tmp:
+        sf.write(str(tmp), np.asarray(x, dtype=np.float32), sr, subtype="FLOAT", format="WAV")
+    return path
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+
+
+# --------------------------------------------------------------------------------- measurements
+
+
+def power(x: np.ndarray) -> float:
+    """Mean power over the clip, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.mean(x * x)) if x.size else 0.0
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -inf for silence."""
+    p = power(x)
+    return 10.0 * np.log10(p) if p > 0 else -np.inf
+
+
+def snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """The SNR of two components, ``10 log10(P_signal / P_noise)`` over the clip."""
+    return 10.0 * np.log10(power(signal) / power(noise))
+
+
+def rolloff_hz(x: np.ndarray, sr: int = SR, fraction: float = 0.95) -> float:
+    """Frequency below which ``fraction`` of the clip's spectral energy lies (a bandwidth measure)."""
+    x = np.asarray(x, dtype=np.float64)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    total = spec.sum()
+    if total <= 0:
+        return 0.0
+    cum = np.cumsum(spec) / total
+    freqs = np.fft.rfftfreq(len(x), 1.0 / sr)
+    return float(freqs[min(int(np.searchsorted(cum, fraction)), len(freqs) - 1)])
+
+
+# -------------------------------------------------------------------------------- normalization
+
+
+def normalize(
+    x: np.ndarray,
+    mode: str = "rms",
+    *,
+    target_peak: float = TARGET_PEAK,
+    target_rms_dbfs: float = TARGET_RMS_DBFS,
+    name: str | None = None,
+) -> np.ndarray:
+    """Level normalization, applied at load time.
+
+    * ``none``: the stored level, unchanged.
+    * ``peak``: scale so that the largest |sample| is ``target_peak`` (0.99).
+    * ``rms``: scale to ``target_rms_dbfs`` (-20 dBFS), then, if that would push the peak above
+      ``target_peak``, lower the gain so the peak is exactly ``target_peak``. So the output never
+      exceeds ``target_peak``; clips with a crest factor above ~20 dB end up below -20 dBFS RMS.
+
+    Raises ``ValueError`` naming the clip (``name``) for all-silent audio under ``peak``/``rms``
+    (there is no level to scale) and for NaN or infinite samples.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {mode!r}; valid: {', '.join(NORMALIZATIONS)} (parameter 'normalization')")
+    what = f"clip {name}" if name else "clip"
+    x64 = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x64).all():
+        raise ValueError(f"{what} has NaN or infinite samples; cannot normalize")
+    if mode == "none":
+        return x64.astype(np.float32)
+    if x64.size == 0:
+        raise ValueError(f"{what} is empty; cannot apply {mode} normalization")
+    peak = float(np.max(np.abs(x64)))
+    if peak < SILENCE_PEAK:
+        raise ValueError(
+            f"{what} is all-silent (peak {peak:.3g}); {mode} normalization has no level to scale. "
+            "Drop the clip or use normalization='none'"
+        )
+    if mode == "peak":
+        gain = target_peak / peak
+    else:
+        rms = float(np.sqrt(np.mean(x64 * x64)))
+        gain = min(10.0 ** (target_rms_dbfs / 20.0) / rms, target_peak / peak)
+    y = x64 * gain
+    # float32 rounding must not push the peak above the target
+    y32 = y.astype(np.float32)
+    over = np.abs(y32) > np.float32(target_peak)
+    if over.any():
+        y32[over] = np.sign(y32[over]) * np.nextafter(np.float32(target_peak), np.float32(0))
+    return y32
+
+
+# ---------------------------------------------------------------------------------------- mixing
+
+
+def check_snr(snr_db: float, name: str = "snr_db") -> float:
+    lo, hi = SNR_RANGE_DB
+    if snr_db is None or not np.isfinite(snr_db) or not (lo <= float(snr_db) <= hi):
+        raise ValueError(f"{name}={snr_db!r} is outside the allowed range {lo:g} to {hi:g} dB")
+    return float(snr_db)
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float, *, return_components: bool = False, window: slice | None = None):
+    """Add ``noise`` scaled so that ``10 log10(P_signal / P_scaled_noise) == snr_db`` exactly.
+
+    Powers are means over the clip (or over ``window`` of both arrays, when the clip is cut from a
+    longer context afterwards). ``snr_db`` must lie in -10..+20 dB. Both inputs must have the same
+    length and neither may be silent. Returns the float32 mixture, or ``(mixture, signal, scaled_noise)``
+    with ``return_components=True``.
+    """
+    check_snr(snr_db)
+    s = np.asarray(signal, dtype=np.float64)
+    n = np.asarray(noise, dtype=np.float64)
+    if s.shape != n.shape or s.ndim != 1:
+        raise ValueError(f"signal and noise must be 1-D arrays of one length; got {s.shape} and {n.shape}")
+    w = window if window is not None else slice(None)
+    ps, pn = power(s[w]), power(n[w])
+    if not np.isfinite(ps) or not np.isfinite(pn):
+        raise ValueError("signal or noise has NaN or infinite samples")
+    if ps <= 0:
+        raise ValueError("signal is silent: the SNR is undefined (parameter 'signal')")
+    if pn <= 0:
+        raise ValueError("noise is silent: the SNR is undefined (parameter 'noise')")
+    gain = np.sqrt(ps / (pn * 10.0 ** (snr_db / 10.0)))
+    scaled = n * gain
+    mix = (s + scaled).astype(np.float32)
+    if return_components:
+        return mix, s.astype(np.float32), scaled.astype(np.float32)
+    return mix
+
+
+def white_noise(n: int, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """Gaussian white noise, unit variance, float32."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(int(n)).astype(np.float32)
+
+
+def pink_noise(n: int, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """Pink (1/f power) noise by spectral shaping of white noise, unit variance, float32."""
+    rng = np.random.default_rng(seed)
+    n = int(n)
+    m = max(n, 2)
+    spec = np.fft.rfft(rng.standard_normal(m))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    spec = spec / np.sqrt(f)
+    spec[0] = 0.0
+    y = np.fft.irfft(spec, m)[:n]
+    sd = y.std()
+    return (y / sd if sd > 0 else y).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ reverb
+
+
+def check_rt60(rt60_s: float, name: str = "rt60_s") -> float:
+    lo, hi = RT60_RANGE_S
+    if rt60_s is None or not np.isfinite(rt60_s) or not (lo <= float(rt60_s) <= hi):
+        raise ValueError(f"{name}={rt60_s!r} is outside the allowed range {lo:g} to {hi:g} s")
+    return float(rt60_s)
+
+
+@functools.lru_cache(maxsize=256)
+def room_impulse_response(rt60_s: float, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """A shoebox-room impulse response with the given RT60, from pyroomacoustics.
+
+    The room (4-10 m x 3-8 m x 2.5-4 m) and the source/microphone positions (1-4 m apart) are drawn
+    from ``seed``; the wall absorption comes from Sabine's formula (``pra.inverse_sabine``). The
+    response is simulated with pyroomacoustics' hybrid method (image sources up to order 3 for the
+    early reflections, ray tracing for the tail), which is fast even at 2.5 s. Sabine's formula
+    overestimates the decay the simulation then shows, so the requested RT60 is corrected once from
+    the measured one (``pra`` ``measure_rt60``); the result lies within a few percent of the request.
+    The response starts at its direct path and has unit energy, so reverberation keeps the level
+    about equal. Deterministic: pyroomacoustics' random generators are seeded from ``seed`` (and
+    numpy's global state is restored afterwards). Cached: a bank draws from a few rooms per RT60.
+    """
+    rt60_s = check_rt60(rt60_s)
+    if rt60_s == 0.0:
+        return np.ones(1)
+    rng = np.random.default_rng([int(seed), int(round(rt60_s * 1000))])
+    dim = rng.uniform([4.0, 3.0, 2.5], [10.0, 8.0, 4.0])
+    src = rng.uniform([0.5, 0.5, 1.0], dim - 0.5)
+    mic = src
+    for _ in range(1000):
+        mic = rng.uniform([0.5, 0.5, 1.0], dim - 0.5)
+        if 1.0 <= np.linalg.norm(mic - src) <= 4.0:
+            break
+    sim_seed = int(rng.integers(2**31))
+    target = rt60_s
+    h = _simulate_rir(dim, target, src, mic, sr, sim_seed)
+    measured = _measure_rt60(h, sr)
+    if measured > 0:
+        target = target * rt60_s / measured
+        h = _simulate_rir(dim, target, src, mic, sr, sim_seed)
+    start = int(np.argmax(np.abs(h)))  # the direct path (the strongest arrival at 1-4 m)
+    h = h[start:]
+    h = h / np.sqrt(np.sum(h * h))
+    h.setflags(write=False)
+    return h
+
+
+def _simulate_rir(dim, rt60_s, src, mic, sr, sim_seed):
+    import pyroomacoustics as pra
+
+    try:
+        absorption, _ = pra.inverse_sabine(rt60_s, dim)
+    except ValueError:  # RT60 too short for this room: the most absorbing walls it allows
+        absorption = 0.99
+    absorption = float(min(max(absorption, 1e-3), 0.99))
+    state = np.random.get_state()
+    try:
+        pra.random.seed(sim_seed)
+        room = pra.ShoeBox(dim, fs=sr, materials=pra.Material(absorption), max_order=3, ray_tracing=True, air_absorption=False)
+        room.set_ray_tracing(receiver_radius=0.5, n_rays=10000, energy_thres=1e-7)
+        room.add_source(list(src))
+        room.add_microphone(list(mic))
+        room.compute_rir()
+        return np.asarray(room.rir[0][0], dtype=np.float64)
+    finally:
+        np.random.set_state(state)
+
+
+def _measure_rt60(h: np.ndarray, sr: int) -> float:
+    import pyroomacoustics as pra
+
+    try:
+        return float(pra.experimental.measure_rt60(h, fs=sr, decay_db=30))
+    except Exception:
+        return 0.0
+
+
+def rir_rt60(rt60_s: float, seed: int = 0, sr: int = SR) -> float:
+    """The RT60 measured (30 dB decay, extrapolated) on the response ``reverberate`` uses."""
+    return _measure_rt60(np.asarray(room_impulse_response(rt60_s, int(seed) % 8, sr)), sr)
+
+
+def reverberate(x: np.ndarray, rt60_s: float, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """Convolve with a room impulse response of ``rt60_s`` (0..2.5 s; 0 = dry, returned unchanged).
+
+    The output has exactly ``len(x)`` samples, aligned on the direct path (no delay); the tail past
+    the end of the clip is cut. To give a short clip the reverberation of what came before it,
+    reverberate a longer context and cut afterwards (``lib.data`` does).
+    """
+    rt60_s = check_rt60(rt60_s)
+    x = np.asarray(x, dtype=np.float64)
+    if rt60_s == 0.0:
+        return x.astype(np.float32)
+    from scipy.signal import fftconvolve
+
+    h = room_impulse_response(rt60_s, int(seed) % 8, sr)  # 8 rooms per RT60 value
+    return fftconvolve(x, h)[: len(x)].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ filters
+
+
+@functools.lru_cache(maxsize=64)
+def _sos(kind: str, cutoff: tuple[float, ...], sr: int, order: int) -> np.ndarray:
+    from scipy.signal import butter
+
+    if kind == "bandpass":
+        return butter(order, cutoff, btype="bandpass", fs=sr, output="sos")
+    return butter(order, cutoff[0], btype=kind, fs=sr, output="sos")
+
+
+def band_filter(x: np.ndarray, kind: str = "none", sr: int = SR, cutoff_hz: float | Sequence[float] | None = None, order: int = 6) -> np.ndarray:
+    """Zero-phase Butterworth filtering (``scipy.signal.sosfiltfilt``).
+
+    ``kind``: ``none`` | ``telephone`` (300-3400 Hz band-pass) | ``lowpass`` (default 4 kHz) |
+    ``highpass`` (default 500 Hz). ``cutoff_hz`` overrides the default cutoff (a pair for telephone).
+    """
+    if kind not in FILTERS:
+        raise ValueError(f"unknown filter {kind!r}; valid: {', '.join(FILTERS)} (parameter 'filter')")
+    x = np.asarray(x, dtype=np.float64)
+    if kind == "none":
+        return x.astype(np.float32)
+    from scipy.signal import sosfiltfilt
+
+    if kind == "telephone":
+        cut = tuple(cutoff_hz) if cutoff_hz is not None else TELEPHONE_BAND_HZ
+        sos = _sos("bandpass", tuple(float(c) for c in cut), sr, order // 2)
+    else:
+        c = float(cutoff_hz) if cutoff_hz is not None else (LOWPASS_HZ if kind == "lowpass" else HIGHPASS_HZ)
+        if not 0 < c < sr / 2:
+            raise ValueError(f"cutoff_hz={c} must lie between 0 and {sr / 2:g} Hz")
+        sos = _sos("lowpass" if kind == "lowpass" else "highpass", (c,), sr, order)
+    padlen = min(3 * (2 * len(sos) + 1), max(len(x) - 1, 0))
+    return sosfiltfilt(sos, x, padlen=padlen).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- cuts
+
+
+def check_duration(duration_ms: float, name: str = "duration_ms") -> int:
+    lo, hi = DURATION_RANGE_MS
+    if duration_ms is None or not np.isfinite(duration_ms) or not (lo <= float(duration_ms) <= hi):
+        raise ValueError(f"{name}={duration_ms!r} is outside the allowed range {lo} to {hi} ms")
+    return int(round(float(duration_ms)))
+
+
+def n_samples(duration_ms: float, sr: int = SR) -> int:
+    """Samples in ``duration_ms`` at ``sr`` (rounded to the nearest sample)."""
+    return int(round(float(duration_ms) * sr / 1000.0))
+
+
+def cut(x: np.ndarray, duration_ms: float, start: int = 0, *, sr: int = SR, name: str | None = None) -> np.ndarray:
+    """The ``duration_ms`` window starting at sample ``start``, exact to the sample.
+
+    ``duration_ms`` must lie in 20..1000 ms. Raises ``ValueError`` naming the source (``name``) when
+    the source is shorter than the window would need.
+    """
+    check_duration(duration_ms)
+    n = n_samples(duration_ms, sr)
+    x = np.asarray(x)
+    start = int(start)
+    what = f"source {name}" if name else "source"
+    if start < 0:
+        raise ValueError(f"start={start} is negative (cutting {what})")
+    if start + n > len(x):
+        raise ValueError(
+            f"{what} is too short for a {duration_ms:g} ms clip at sample {start}: it has {len(x)} samples "
+            f"({len(x) / sr * 1000:.1f} ms), the clip needs {start + n}. Use a shorter duration or a longer source"
+        )
+    return np.array(x[start : start + n], dtype=np.float32)

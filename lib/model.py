@@ -1,0 +1,623 @@
+"""The model path: one loader for the real Qwen2-Audio and the tiny one, the prompt, scoring, generate.
+
+Everything here runs unchanged on ``Qwen/Qwen2-Audio-7B-Instruct`` (hub id or local folder, bf16 or 4-bit
+NF4) and on the tiny Qwen2-Audio that :func:`build_tiny_model` makes and saves under
+``checkpoints/tiny-qwen2-audio`` (same classes, same ``from_pretrained`` path, random weights).
+
+Two speed-ups are on by default and each has a test proving it changes nothing beyond float noise:
+
+* **Short encoder** (``short_encoder=True``). The processor pads every clip to 30 s (3000 mel frames) and
+  the stock audio encoder refuses anything else, so a 200 ms clip pays for 30 s of encoder. Here the
+  feature extractor computes only the clip's own frames plus a few frames of the zero padding after it
+  (enough for the encoder's convolutions, which look one frame ahead, and for the extractor's per-clip
+  maximum), and :class:`ShortAudioEncoder` runs the encoder on those frames with the positional embeddings
+  sliced to match. The stock padded path masks the padding in attention, so the kept positions see exactly
+  the same inputs. ``short_encoder=False`` keeps the plain Hugging Face path (30 s of padding).
+* **Two answer rows**. Scoring needs only ``logit_A`` and ``logit_B`` at the answer position, so the last
+  hidden state is multiplied by the two rows of ``lm_head`` instead of the whole vocabulary at every
+  position.
+
+Inputs are built by the processor (``audio=`` keyword, chat template), and the audio features are merged
+into the text embeddings the way ``Qwen2AudioModel.forward`` does it; building ``inputs_embeds`` here also
+sidesteps its "legacy" merge, which it picks whenever no two audio tokens are adjacent (clips under 60 ms).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .config import PROJECT_ROOT
+
+TINY = "tiny"
+REAL_MODEL_ID = "Qwen/Qwen2-Audio-7B-Instruct"
+SAMPLE_RATE = 16000
+ANSWERS = ("A", "B")  # A = SPEECH, B = NONSPEECH
+DEFAULT_PROMPT = "Does this audio clip contain human speech?\nA) SPEECH\nB) NONSPEECH\nAnswer with A or B."
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+BUILD_INFO = "speechbook_build.json"
+# Modules kept out of 4-bit quantization. transformers matches these from the START of the module name
+# (re.match), so a bare "audio_tower" would match nothing and silently quantize the encoder.
+NF4_SKIP_MODULES = ["lm_head", r".*audio_tower", r".*multi_modal_projector"]
+
+# The public architecture of Qwen2-Audio-7B(-Instruct): the GPU benchmark builds it with random weights.
+QWEN2_AUDIO_7B_CONFIG: dict[str, Any] = {
+    "audio_config": {
+        "model_type": "qwen2_audio_encoder",
+        "d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+        "num_mel_bins": 128, "max_source_positions": 1500, "activation_function": "gelu",
+        "scale_embedding": False, "dropout": 0.0, "attention_dropout": 0.0,
+    },
+    "text_config": {
+        "model_type": "qwen2",
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "vocab_size": 156032, "max_position_embeddings": 8192,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "use_sliding_window": False,
+    },
+    "audio_token_index": 151646,
+}
+
+# The tiny model: same classes, small sizes. 128 mel bins and 1500 source positions as in the 7B, so the
+# same feature extractor settings and the same 30-s padded path work on it.
+TINY_AUDIO = {"d_model": 128, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 256}
+TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "max_position_embeddings": 2048}
+TINY_VOCAB = 600
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No weights for the requested model on this machine; the message says where to put them."""
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter or checkpoint was made for another base model (or variant) than the one asked for."""
+
+
+# ---------------------------------------------------------------------------------------------- tiny model
+def tiny_model_dir() -> Path:
+    return PROJECT_ROOT / "checkpoints" / "tiny-qwen2-audio"
+
+
+def _tokenizer_corpus() -> list[str]:
+    """A small text made here: the chat template's words, the book's prompts, plain English."""
+    lines = [
+        "You are a helpful assistant.", "system", "user", "assistant", "Audio 1:", "Audio 2:",
+        DEFAULT_PROMPT,
+        "Is there human speech in this clip? A) SPEECH B) NONSPEECH. Reply with one letter: A or B.",
+        "Listen to the audio. Does it contain speech (A) or no speech (B)? Answer A or B.",
+        "Classify the sound: A for SPEECH, B for NONSPEECH.",
+        "The answer is A. The answer is B.", "speech nonspeech noise music silence voice talking sound",
+        "a dog barks, rain falls, a person speaks, someone laughs, coughs, sneezes or breathes.",
+        "Human non-speech vocal sounds such as laughing, coughing and crying are NONSPEECH.",
+        "0 1 2 3 4 5 6 7 8 9 10 20 50 100 200 500 1000 ms dB SNR",
+        "the of and to in is that it for on with as was at by this be from or an are",
+    ]
+    return lines * 4 + [" ".join(chr(c) for c in range(ord("A"), ord("Z") + 1)),
+                        " ".join(chr(c) for c in range(ord("a"), ord("z") + 1))]
+
+
+def _train_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A byte-level BPE trained with `tokenizers`, wrapped as Qwen2's own tokenizer class."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                        byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_tokenizer_corpus(), trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return Qwen2Tokenizer(vocab=model["vocab"], merges=merges, additional_special_tokens=SPECIAL_TOKENS[1:],
+                          errors="replace")
+
+
+def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Build, seed and save the tiny Qwen2-Audio (model, processor, generation config) in ``out_dir``.
+
+    The folder is written atomically: a crash leaves either no folder or the complete one.
+    """
+    import torch
+    from transformers import (GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+    from . import io
+
+    out_dir = Path(out_dir) if out_dir else tiny_model_dir()
+    tokenizer = _train_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    # Same settings as the real model's preprocessor_config.json (Whisper-large-v3 style, 128 mel bins).
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
+                                 n_fft=400, padding_value=0.0, return_attention_mask=True)
+    processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)  # the Instruct chat template
+    config = Qwen2AudioConfig(
+        audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO},
+        text_config={**QWEN2_AUDIO_7B_CONFIG["text_config"], **TINY_TEXT, "vocab_size": len(tokenizer),
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        audio_token_index=ids["<|AUDIO|>"],
+    )
+    config.pad_token_id = ids["<|endoftext|>"]
+    devnull = torch.random.fork_rng(devices=[])
+    with devnull:
+        torch.manual_seed(seed)
+        model = Qwen2AudioForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"],
+        do_sample=False)
+    with io.atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        weights = sorted(tmp.glob("*.safetensors"))
+        io.write_json(tmp / BUILD_INFO, {
+            "what": "tiny Qwen2-Audio with random weights, built by lib.model.build_tiny_model (SMOKE model)",
+            "seed": seed, "weights_sha256": {p.name: io.sha256_file(p) for p in weights},
+        })
+    return out_dir
+
+
+def ensure_tiny_model() -> Path:
+    """The tiny model's folder, built on first use and reused afterwards."""
+    path = tiny_model_dir()
+    if not (path / BUILD_INFO).exists():
+        build_tiny_model(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def resolve_model_path(model_name_or_path: str) -> str:
+    """``tiny`` -> the locally built tiny model; a folder -> itself; else a hub id (found in the HF cache)."""
+    if model_name_or_path == TINY:
+        return str(ensure_tiny_model())
+    path = Path(model_name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} exists but holds no config.json: it should be a folder with the model's files "
+                f"(config.json, *.safetensors, tokenizer and preprocessor files), as saved by save_pretrained "
+                f"or downloaded with `huggingface-cli download {REAL_MODEL_ID} --local-dir {path}`")
+        return str(path.resolve())
+    return model_name_or_path
+
+
+def _not_found(name: str, err: Exception) -> ModelNotFoundError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return ModelNotFoundError(
+        f"no weights for {name!r} on this machine (nothing is downloaded at run time). Either put the model "
+        f"in the Hugging Face cache ({HF_HUB_CACHE}, e.g. `huggingface-cli download {name}` on a machine "
+        f"with network, then copy the cache folder here or set HF_HOME), or download it to a folder and pass "
+        f"that folder as model_name_or_path (e.g. `huggingface-cli download {REAL_MODEL_ID} --local-dir "
+        f"checkpoints/Qwen2-Audio-7B-Instruct`, then model_name_or_path=checkpoints/Qwen2-Audio-7B-Instruct). "
+        f"For the cpu profile use model_name_or_path=tiny. ({type(err).__name__}: {err})")
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _dtype(torch_dtype: Any):
+    import torch
+
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if torch_dtype not in names:
+        raise ValueError(f"torch_dtype {torch_dtype!r} unknown; use one of {', '.join(names)}")
+    return names[torch_dtype]
+
+
+def nf4_config(compute_dtype: Any = "bfloat16"):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=_dtype(compute_dtype), llm_int8_skip_modules=NF4_SKIP_MODULES)
+
+
+def load_model(model_name_or_path: str = TINY, quantization: str = "none", torch_dtype: Any = "float32",
+               device: str = "auto", short_encoder: bool = True):
+    """Load ``(model, processor)`` from a hub id (HF cache only), a local folder, or ``tiny``.
+
+    ``quantization="nf4"``: 4-bit NF4 with double quantization (bitsandbytes); the audio tower, projector
+    and ``lm_head`` stay in ``torch_dtype``. ``short_encoder`` installs :class:`ShortAudioEncoder`.
+    """
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    if quantization not in ("none", "nf4"):
+        raise ValueError(f"quantization {quantization!r} unknown; use none or nf4")
+    path = resolve_model_path(model_name_or_path)
+    device = pick_device(device)
+    dtype = _dtype(torch_dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = nf4_config(dtype if dtype != _dtype("float32") or device == "cpu" else "bfloat16")
+        kwargs["device_map"] = {"": device}
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+    except OSError as err:  # not a folder and not in the cache (or offline)
+        raise _not_found(model_name_or_path, err) from err
+    if quantization != "nf4":
+        model.to(device)
+    model.eval()
+    processor.tokenizer.padding_side = "left"
+    answer_token_ids(processor.tokenizer)  # fail early if A/B are not single tokens
+    if short_encoder:
+        enable_short_encoder(model)
+    model.speechbook_source = {"model_name_or_path": model_name_or_path, "path": path, "quantization": quantization,
+                               "torch_dtype": str(dtype).replace("torch.", "")}
+    return model, processor
+
+
+def base_fingerprint(model_name_or_path: str) -> dict[str, Any]:
+    """What identifies a base model for adapters: its name, its config's hash, the tiny build's weights."""
+    import hashlib
+
+    path = Path(resolve_model_path(model_name_or_path))
+    info: dict[str, Any] = {"model_name_or_path": model_name_or_path}
+    if not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+            path = Path(snapshot_download(model_name_or_path, local_files_only=True))
+        except Exception:  # noqa: BLE001 - the loader gives the clear error
+            return info
+    config = json.loads((path / "config.json").read_text())
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "quantization_config"):
+        config.pop(k, None)
+    info["config_sha256"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    if (path / BUILD_INFO).exists():
+        info["weights_sha256"] = json.loads((path / BUILD_INFO).read_text())["weights_sha256"]
+    return info
+
+
+def unwrap(model):
+    """The ``Qwen2AudioForConditionalGeneration`` inside a peft model (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ------------------------------------------------------------------------------------------- short encoder
+def _short_encoder_class():
+    import torch
+    from torch import nn
+    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+    class ShortAudioEncoder(Qwen2AudioEncoder):
+        """Qwen2AudioEncoder that accepts any even number of mel frames up to 30 s.
+
+        Same computation as the stock forward, with the positional embeddings sliced to the sequence.
+        Given the 3000-frame padded input it is the stock forward.
+        """
+
+        def forward(self, input_features, attention_mask=None, **kwargs):
+            n_frames = input_features.shape[-1]
+            max_frames = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+            if n_frames > max_frames or n_frames % 2:
+                raise ValueError(f"ShortAudioEncoder needs an even number of mel frames <= {max_frames}, got {n_frames}")
+            x = input_features.to(dtype=self.conv1.weight.dtype, device=self.conv1.weight.device)
+            x = nn.functional.gelu(self.conv1(x))
+            x = nn.functional.gelu(self.conv2(x))
+            x = x.permute(0, 2, 1)
+            x = x + self.embed_positions.weight[: x.shape[1]]
+            x = nn.functional.dropout(x, p=self.dropout, training=self.training)
+            for layer in self.layers:
+                if self.training and torch.rand([]) < self.layerdrop:
+                    continue
+                x = layer(x, attention_mask, **kwargs)
+            x = self.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
+            return BaseModelOutput(last_hidden_state=self.layer_norm(x))
+
+    return ShortAudioEncoder
+
+
+_SHORT_ENCODER = None
+
+
+def enable_short_encoder(model) -> None:
+    """Make the model's audio tower accept short inputs (idempotent; the weights are untouched)."""
+    global _SHORT_ENCODER
+    if _SHORT_ENCODER is None:
+        _SHORT_ENCODER = _short_encoder_class()
+    tower = unwrap(model).model.audio_tower
+    for module in [tower, *getattr(tower, "modules_to_save", {}).values(), getattr(tower, "original_module", None)]:
+        if module is not None and type(module).__name__ == "Qwen2AudioEncoder":
+            module.__class__ = _SHORT_ENCODER
+
+
+def uses_short_encoder(model) -> bool:
+    tower = unwrap(model).model.audio_tower
+    tower = getattr(tower, "original_module", tower)
+    return type(tower).__name__ == "ShortAudioEncoder"
+
+
+def short_feature_samples(n_samples_max: int, feature_extractor) -> int:
+    """How many samples the feature extractor should pad a batch to on the short path.
+
+    The clip's own ``L = ceil(n / hop)`` frames, plus 4 frames of padding (the encoder's convolutions look
+    one or two frames past the clip, and every frame the clip's samples reach must be in the extractor's
+    per-clip maximum), rounded up to an even number of frames; never more than the 30-s window.
+    """
+    hop = feature_extractor.hop_length
+    frames = math.ceil(n_samples_max / hop) + 4
+    frames += frames % 2
+    return min(frames, feature_extractor.nb_max_frames) * hop
+
+
+# ----------------------------------------------------------------------------------------------- prompting
+def answer_token_ids(tokenizer) -> tuple[int, int]:
+    """Token ids of ``A`` and ``B``; raises if either is not a single token."""
+    ids = []
+    for answer in ANSWERS:
+        toks = tokenizer(answer, add_special_tokens=False).input_ids
+        if len(toks) != 1:
+            raise ValueError(f"answer {answer!r} is {len(toks)} tokens ({toks}) in this tokenizer; it must be one")
+        ids.append(toks[0])
+    return ids[0], ids[1]
+
+
+def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
+    """The chat-templated user turn (one audio, then the question) ending where the answer starts."""
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                             {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def answer_suffix(processor, prompt: str, answer: str) -> str:
+    """What follows the prompt text when the assistant answers ``answer`` (the answer and end of turn)."""
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
+                                             {"type": "text", "text": prompt}]},
+                {"role": "assistant", "content": answer}]
+    full = processor.apply_chat_template(messages, tokenize=False)
+    head = prompt_text(processor, prompt)
+    if not full.startswith(head):
+        raise ValueError("the chat template's answer turn does not extend its generation prompt")
+    return full[len(head):]
+
+
+def make_inputs(processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT, *, short_encoder: bool = True,
+                answers: Sequence[str] | None = None):
+    """Processor inputs (left-padded) for a batch of clips; with ``answers`` the answer turn is appended."""
+    if not len(audios):
+        raise ValueError("make_inputs needs at least one clip")
+    head = prompt_text(processor, prompt)
+    texts = [head] * len(audios) if answers is None else [head + answer_suffix(processor, prompt, a) for a in answers]
+    fe = processor.feature_extractor
+    audio_kwargs: dict[str, Any] = {"sampling_rate": fe.sampling_rate}
+    if short_encoder:
+        audio_kwargs["max_length"] = short_feature_samples(max(len(a) for a in audios), fe)
+    processor.tokenizer.padding_side = "left"
+    clips = [np.asarray(a, dtype=np.float32) for a in audios]
+    return processor(text=texts, audio=clips, padding=True, return_tensors="pt", audio_kwargs=audio_kwargs)
+
+
+def n_audio_tokens(n_samples: int, hop: int = 160) -> int:
+    """Audio tokens Qwen2-Audio gives a clip: mel frames -> conv stride 2 -> avg pool 2."""
+    frames = math.ceil(n_samples / hop)
+    return (((frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+# ---------------------------------------------------------------------------------------------- forward
+def _audio_features(base, input_features, feature_attention_mask):
+    """Projected audio features of the real (unpadded) audio positions, flattened like the HF merge."""
+    import torch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    inner = base.model
+    tower = inner.audio_tower
+    device = next(inner.multi_modal_projector.parameters()).device
+    input_features = input_features.to(device)
+    feature_attention_mask = feature_attention_mask.to(device)
+    feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+    batch, _, n_frames = input_features.shape
+    n_positions = (n_frames - 2) // 2 + 1
+    mask_2d = (torch.arange(n_positions, device=device)[None, :] < feat_lengths[:, None]).long()
+    dummy = torch.zeros((batch, n_positions, 1), dtype=inner.multi_modal_projector.linear.weight.dtype, device=device)
+    attn = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
+    hidden = tower(input_features, attention_mask=attn).last_hidden_state
+    feats = inner.multi_modal_projector(hidden)
+    keep = torch.arange(feats.shape[1], device=device)[None, :] < out_lengths[:, None]
+    return feats[keep]
+
+
+def hidden_states(model, inputs) -> "Any":
+    """Last hidden states (batch, seq, hidden) of the language model for processor inputs."""
+    import torch
+
+    base = unwrap(model)
+    inner = base.model
+    embed = inner.get_input_embeddings()
+    input_ids = inputs["input_ids"].to(embed.weight.device)
+    attention_mask = inputs["attention_mask"].to(embed.weight.device)
+    embeds = embed(input_ids)
+    audio_mask = input_ids == base.config.audio_token_id
+    n_tokens = int(audio_mask.sum())
+    if "input_features" in inputs and n_tokens:
+        feats = _audio_features(base, inputs["input_features"], inputs["feature_attention_mask"])
+        if feats.shape[0] != n_tokens:
+            raise ValueError(f"audio features ({feats.shape[0]}) and audio tokens ({n_tokens}) differ")
+        embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), feats.to(embeds.device, embeds.dtype))
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False)
+    return out.last_hidden_state
+
+
+def head_rows(model, token_ids: Sequence[int]):
+    """The rows of ``lm_head`` for ``token_ids`` (the trained copy if ``lm_head`` is trained)."""
+    head = unwrap(model).lm_head
+    weight = head.weight
+    if weight.dim() != 2 or weight.shape[1] != unwrap(model).config.text_config.hidden_size:
+        raise ValueError("lm_head is quantized or reshaped; keep it out of quantization (see NF4_SKIP_MODULES)")
+    import torch
+
+    return weight[torch.as_tensor(list(token_ids), device=weight.device)]
+
+
+def answer_logits(model, inputs, answer_ids: tuple[int, int]):
+    """(batch, 2) float32 logits for A and B at the answer position (the last one: left padding)."""
+    h = hidden_states(model, inputs)[:, -1]
+    rows = head_rows(model, answer_ids)
+    return h.float() @ rows.float().T
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (sorted by length, stable), for scoring."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class Scores:
+    p_speech: np.ndarray  # softmax([logit_A, logit_B])[0]
+    logits: np.ndarray  # (n, 2) raw logits of A and B
+
+    @property
+    def pred(self) -> np.ndarray:
+        return np.where(self.logits[:, 0] >= self.logits[:, 1], "speech", "nonspeech")
+
+
+def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT, batch_size: int = 16,
+          short_encoder: bool | None = None, progress: bool = False, desc: str = "scoring") -> Scores:
+    """Score clips: one forward pass per length bucket, logits of A/B at the answer position."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if short_encoder is None:
+        short_encoder = uses_short_encoder(model)
+    if short_encoder and not uses_short_encoder(model):
+        enable_short_encoder(model)
+    ids = answer_token_ids(processor.tokenizer)
+    logits = np.zeros((len(audios), 2), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    batches = length_buckets([len(a) for a in audios], batch_size)
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            inputs = make_inputs(processor, [audios[i] for i in idx], prompt, short_encoder=short_encoder)
+            logits[idx] = answer_logits(model, inputs, ids).cpu().numpy()
+    model.train(was_training)
+    return Scores(p_speech=softmax2(logits), logits=logits)
+
+
+def softmax2(logits: np.ndarray) -> np.ndarray:
+    """p(A) from (n, 2) logits, computed stably."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+
+
+def generate_answers(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT,
+                     batch_size: int = 16, short_encoder: bool | None = None) -> tuple[list[str], np.ndarray]:
+    """Constrained ``generate``: one new token, only ``A``/``B`` allowed, greedy; returns answers and raw logits.
+
+    The cross-check of :func:`score`: it goes through Hugging Face's own forward and generation loop.
+    """
+    import torch
+
+    if short_encoder is None:
+        short_encoder = uses_short_encoder(model)
+    ids = answer_token_ids(processor.tokenizer)
+    answers: list[str] = [""] * len(audios)
+    raw = np.zeros((len(audios), 2), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for idx in length_buckets([len(a) for a in audios], batch_size):
+            inputs = make_inputs(processor, [audios[i] for i in idx], prompt, short_encoder=short_encoder)
+            device = unwrap(model).lm_head.weight.device
+            inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+            out = model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=1,
+                                 prefix_allowed_tokens_fn=lambda batch_id, sent: list(ids),
+                                 output_logits=True, return_dict_in_generate=True)
+            new = out.sequences[:, -1].cpu().numpy()
+            raw[idx] = out.logits[0][:, list(ids)].float().cpu().numpy()
+            for j, tok in zip(idx, new):
+                answers[j] = ANSWERS[list(ids).index(int(tok))]
+    return answers, raw
+
+
+# ------------------------------------------------------------------------------------------------- scorer
+class LoraScorer:
+    """A fine-tuned system: base model + LoRA adapter, scoring clips through :func:`score`."""
+
+    def __init__(self, name: str, model, processor, prompt: str, batch_size: int = 16, progress: bool = False):
+        self.name, self.model, self.processor = name, model, processor
+        self.prompt, self.batch_size, self.progress = prompt, batch_size, progress
+
+    def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        return score(self.model, self.processor, audios, self.prompt, batch_size=self.batch_size,
+                     progress=self.progress, desc=self.name).p_speech
+
+
+def load_adapter(model, adapter_dir: str | os.PathLike, base_model: str | None = None,
+                 expected_fingerprint: dict | None = None):
+    """Attach a saved adapter to ``model`` (frozen, for scoring); refuses one made for another base model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a saved adapter")
+    if expected_fingerprint is not None:
+        source = getattr(model, "speechbook_source", {}).get("model_name_or_path", base_model)
+        check_base_model(expected_fingerprint, base_fingerprint(source), what=f"adapter {adapter_dir}")
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    except RuntimeError as err:  # size mismatch: another architecture
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} does not fit base model {base_model or ''}: {err}") from err
+    peft_model.eval()
+    return peft_model
+
+
+def check_base_model(expected: dict, actual: dict, what: str) -> None:
+    diffs = [k for k in ("config_sha256", "weights_sha256") if k in expected and expected.get(k) != actual.get(k)]
+    if diffs:
+        raise AdapterMismatchError(
+            f"{what} was made for base model {expected.get('model_name_or_path')!r} but the base model now "
+            f"loaded ({actual.get('model_name_or_path')!r}) differs in {', '.join(diffs)}; load it on the base model it "
+            "was trained on (system.yaml: base_model), or train it again on this one")
+
+
+def load_scorer(system_dir: str | os.PathLike, info: dict, *, model_name_or_path: str | None = None,
+                quantization: str | None = None, torch_dtype: str | None = None, device: str = "auto",
+                batch_size: int | None = None, short_encoder: bool = True, progress: bool = False, **_: Any) -> LoraScorer:
+    """Scorer for a ``kind: lora`` system folder (see lib.systems): base model + adapter + prompt."""
+    system_dir = Path(system_dir)
+    base = model_name_or_path or info["base_model"]
+    model, processor = load_model(base, quantization=quantization or info.get("quantization", "none"),
+                                  torch_dtype=torch_dtype or info.get("torch_dtype", "float32"), device=device,
+                                  short_encoder=short_encoder)
+    peft_model = load_adapter(model, system_dir / info.get("adapter", "adapter"), base_model=base,
+                              expected_fingerprint=info.get("base_fingerprint"))
+    return LoraScorer(info.get("name", system_dir.name), peft_model, processor, info.get("prompt", DEFAULT_PROMPT),
+                      batch_size=batch_size or int(info.get("eval_batch_size", 16)), progress=progress)
+
+
+def zero_shot_scorer(model_name_or_path: str, prompt: str = DEFAULT_PROMPT, name: str = "zero_shot",
+                     **kwargs: Any) -> LoraScorer:
+    """The base model without adapter, same prompt and scoring path."""
+    batch_size = kwargs.pop("batch_size", 16)
+    model, processor = load_model(model_name_or_path, **kwargs)
+    return LoraScorer(name, model, processor, prompt, batch_size=batch_size)
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

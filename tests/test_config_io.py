@@ -1,0 +1,92 @@
+"""Profiles, overrides and atomic writes."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from lib import config, io
+
+
+def test_every_profile_resolves_with_only_known_keys():
+    base = set(config.valid_keys())
+    for name in config.available_profiles():
+        cfg = config.resolve(name)
+        assert set(cfg) - {"profile"} == base
+        assert cfg["profile"] == name
+
+
+def test_full_profile_uses_the_seed_recipe_and_real_model():
+    cfg = config.resolve("full")
+    assert cfg["model_name_or_path"] == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (16, 32, 0.05)
+    assert cfg["learning_rate"] == pytest.approx(2e-4)
+    assert cfg["epochs"] == 3
+    assert cfg["micro_batch_size"] * cfg["grad_accum_steps"] == 16
+    assert cfg["smoke"] is False and config.resolve("cpu")["smoke"] is True
+
+
+def test_typo_in_parameter_lists_valid_names():
+    with pytest.raises(config.ConfigError, match=r"unknown parameter 'sed'.*did you mean seed"):
+        config.resolve("cpu", {"sed": 3})
+
+
+def test_typo_in_profile_lists_profiles():
+    with pytest.raises(config.ConfigError, match=r"unknown profile 'cpuu'.*valid profiles: .*cpu"):
+        config.resolve("cpuu")
+
+
+def test_none_override_keeps_profile_value_and_others_win():
+    cfg = config.resolve("cpu", {"seed": None, "epochs": 7})
+    assert cfg["seed"] == config.load_profile("cpu")["seed"] and cfg["epochs"] == 7
+
+
+def test_data_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert config.resolve("cpu")["data_dir"] == str(tmp_path.resolve())
+
+
+def test_project_paths_are_absolute():
+    cfg = config.resolve("cpu")
+    for key in config.PROJECT_PATH_KEYS:
+        assert cfg[key].startswith(str(config.PROJECT_ROOT))
+
+
+@pytest.mark.parametrize("text,expected", [("seed=3", ("seed", 3)), ("snrs_db=[0, 10]", ("snrs_db", [0, 10])), ("data_dir=null", ("data_dir", None))])
+def test_parse_override(text, expected):
+    assert config.parse_override(text) == expected
+
+
+def test_parse_override_rejects_missing_equals():
+    with pytest.raises(config.ConfigError, match="key=value"):
+        config.parse_override("seed")
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "results.csv"
+    io.write_csv(target, pd.DataFrame({"a": [1, 2]}))
+    good = target.read_text()
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half a fi")
+            raise Boom
+    assert target.read_text() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temporary left behind
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "bank"
+    with io.atomic_dir(target) as d:
+        (d / "manifest.csv").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(target) as d:
+            (d / "manifest.csv").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "manifest.csv").read_text() == "v1"
+    with io.atomic_dir(target) as d:
+        (d / "manifest.csv").write_text("v2")
+    assert (target / "manifest.csv").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
