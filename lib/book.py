@@ -30,6 +30,8 @@ from .results import make_run_id, read_bank_pointer, results_root, run_dir_for, 
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 KERNEL_NAME = "speechbook"
+SWEEP_STEP = "sweep"
+RUN_LAST = ("06_statistics",)
 # Versions recorded in every run folder: the packages whose behaviour the numbers depend on.
 RECORDED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "numpy", "scipy", "pandas", "librosa",
@@ -247,12 +249,14 @@ def run_book(
     An existing incomplete run with the same parameters is resumed (its done chapters are skipped);
     a complete one is run again from the start; ``force`` reruns every chapter regardless.
     """
-    import papermill as pm
-
     overrides = dict(overrides or {})
     cfg = resolve(profile, overrides)  # validates the profile and every override name up front
-    selected = list_chapters(chapters, Path(notebooks_dir))
-    if not selected:
+    chapters = list(chapters) if chapters is not None else None
+    want_sweep = bool(chapters) and SWEEP_STEP in chapters
+    if chapters is not None:
+        chapters = [c for c in chapters if c != SWEEP_STEP]
+    selected = list_chapters(chapters, Path(notebooks_dir)) if (chapters or not want_sweep) else []
+    if not selected and not want_sweep:
         raise ConfigError(f"no chapters found in {notebooks_dir}")
     run_dir = run_dir_for(profile, run_id or make_run_id(), results_dir or cfg["results_root"]).resolve()
     digest = params_digest(profile, overrides)
@@ -279,43 +283,29 @@ def run_book(
     }
     io.write_json(_status_path(run_dir), status)
     kernel = kernel_name()
-    total = len(selected)
+    # The sweep belongs to a whole-book run (or is asked for by name in --chapters).
+    include_sweep = bool(cfg["sweep_seeds"]) and (chapters is None or want_sweep)
+    steps = book_steps(selected, include_sweep)
+    total = len(steps)
     log(f"speechbook: profile {profile}, run folder {run_dir}" + (" (resuming)" if resuming and done else ""))
     try:
-        for i, notebook in enumerate(selected, 1):
-            name = notebook.stem
+        for i, step in enumerate(steps, 1):
+            name = step.stem if isinstance(step, Path) else step
             if name in done:
                 log(f"[{i}/{total}] {name}: already done in this run, skipped")
                 continue
-            declared = chapter_parameters(notebook)
-            params = {"profile": profile, "run_dir": str(run_dir)}
-            params.update({k: v for k, v in overrides.items() if k in declared})
             status["chapters"][name] = {"state": "running", "started": _dt.datetime.now().isoformat(timespec="seconds")}
             io.write_json(_status_path(run_dir), status)
             log(f"[{i}/{total}] {name}: running ...")
             start = time.monotonic()
-            partial = run_dir / f".{name}.running.ipynb"
-            try:
-                pm.execute_notebook(
-                    str(notebook), str(partial), parameters=params, kernel_name=kernel, language="python", cwd=str(PROJECT_ROOT),
-                    progress_bar=progress_bar, log_output=False,
-                )
-            except pm.PapermillExecutionError as err:
-                failed = run_dir / f"{name}.failed.ipynb"
-                if partial.exists():
-                    os.replace(partial, failed)
-                seconds = time.monotonic() - start
-                status["chapters"][name] = {"state": "failed", "seconds": round(seconds, 1), "error": f"{err.ename}: {err.evalue}", "notebook": failed.name}
-                status["state"] = "failed"
-                io.write_json(_status_path(run_dir), status)
-                raise ChapterFailed(
-                    f"chapter {name} failed after {seconds:.1f}s in cell {err.exec_count}:\n{err.source}\n\n"
-                    f"{err.ename}: {err.evalue}\n(executed notebook with the traceback: {failed})"
-                ) from None
-            os.replace(partial, run_dir / notebook.name)
-            stale = run_dir / f"{name}.failed.ipynb"
-            if stale.exists():
-                stale.unlink()
+            if step == SWEEP_STEP:
+                from .sweep import run_sweep
+
+                run_sweep(profile, overrides, run_dir, cfg["sweep_seeds"], cfg["sweep_variants"],
+                          [str(c) for c in cfg["sweep_chapters"]], gpus=int(cfg["sweep_gpus"]), log=log,
+                          notebooks_dir=notebooks_dir)
+            else:
+                _execute_chapter(step, run_dir, profile, overrides, kernel, progress_bar, status, start)
             seconds = time.monotonic() - start
             status["chapters"][name] = {"state": "done", "seconds": round(seconds, 1)}
             io.write_json(_status_path(run_dir), status)
@@ -325,11 +315,60 @@ def run_book(
         io.write_json(_status_path(run_dir), status)
         log(f"interrupted: rerun the same command to finish run {run_dir.name}")
         raise
+    except Exception as err:
+        if status["state"] != "failed":  # a chapter failure has recorded itself already
+            status["state"] = "failed"
+            status["chapters"][name] = {"state": "failed", "error": f"{type(err).__name__}: {err}"}
+            io.write_json(_status_path(run_dir), status)
+        raise
     status["state"] = "complete"
     status["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
     io.write_json(_status_path(run_dir), status)
     log(f"speechbook: run complete in {sum(c.get('seconds', 0) for c in status['chapters'].values()):.0f}s -> {run_dir}")
     return run_dir
+
+
+def _execute_chapter(
+    notebook: Path, run_dir: Path, profile: str, overrides: Mapping[str, Any], kernel: str, progress_bar: bool,
+    status: dict[str, Any], start: float,
+) -> None:
+    """Execute one chapter into the run folder; its executed copy replaces the old one only on success."""
+    import papermill as pm
+
+    name = notebook.stem
+    declared = chapter_parameters(notebook)
+    params = {"profile": profile, "run_dir": str(run_dir)}
+    params.update({k: v for k, v in overrides.items() if k in declared})
+    partial = run_dir / f".{name}.running.ipynb"
+    try:
+        pm.execute_notebook(
+            str(notebook), str(partial), parameters=params, kernel_name=kernel, language="python", cwd=str(PROJECT_ROOT),
+            progress_bar=progress_bar, log_output=False,
+        )
+    except pm.PapermillExecutionError as err:
+        failed = run_dir / f"{name}.failed.ipynb"
+        if partial.exists():
+            os.replace(partial, failed)
+        seconds = time.monotonic() - start
+        status["chapters"][name] = {"state": "failed", "seconds": round(seconds, 1), "error": f"{err.ename}: {err.evalue}", "notebook": failed.name}
+        status["state"] = "failed"
+        io.write_json(_status_path(run_dir), status)
+        raise ChapterFailed(
+            f"chapter {name} failed after {seconds:.1f}s in cell {err.exec_count}:\n{err.source}\n\n"
+            f"{err.ename}: {err.evalue}\n(executed notebook with the traceback: {failed})"
+        ) from None
+    os.replace(partial, run_dir / notebook.name)
+    stale = run_dir / f"{name}.failed.ipynb"
+    if stale.exists():
+        stale.unlink()
+
+
+def book_steps(chapters: list[Path], include_sweep: bool) -> list[Path | str]:
+    """Chapters in reading order, except that the statistics chapter runs last (it reads every system the
+    others produced, prompt optimisation's included), and the seed sweep runs just before it."""
+    firsts = [c for c in chapters if c.stem not in RUN_LAST]
+    lasts = [c for c in chapters if c.stem in RUN_LAST]
+    return [*firsts, *([SWEEP_STEP] if include_sweep else []), *lasts]
 
 
 def rerun(run_dir: str | Path, run_id: str | None = None, **kwargs: Any) -> Path:

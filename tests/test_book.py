@@ -48,14 +48,14 @@ def test_run_book_writes_run_folder_and_resumes_after_failure(book_dirs):
     _chapter(nbs, "01_first", WRITE_MARK.format(name="01"))
     _chapter(nbs, "02_second", "raise ValueError('the bank is empty: rerun chapter 01')")
     with pytest.raises(book.ChapterFailed, match=r"(?s)02_second failed.*raise ValueError.*the bank is empty"):
-        book.run_book("cpu", {"seed": 5}, run_id="r1", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+        book.run_book("cpu", {"seed": 5, "sweep_seeds": []}, run_id="r1", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
     run = res / "cpu" / "r1"
     status = book.read_status(run)
     assert status["state"] == "failed" and status["chapters"]["01_first"]["state"] == "done"
     assert (run / "01_first.ipynb").exists() and (run / "02_second.failed.ipynb").exists()
     assert (run / "01.mark").read_text() == "5"  # the override reached the chapter
     params = yaml.safe_load((run / "params.yaml").read_text())
-    assert params["overrides"] == {"seed": 5} and params["resolved"]["seed"] == 5
+    assert params["overrides"] == {"seed": 5, "sweep_seeds": []} and params["resolved"]["seed"] == 5
     assert set(params) >= {"git", "packages", "corpus_manifest_sha256", "python"}
     assert params["packages"]["torch"]
 
@@ -63,7 +63,7 @@ def test_run_book_writes_run_folder_and_resumes_after_failure(book_dirs):
     _chapter(nbs, "02_second", WRITE_MARK.format(name="02"))
     (run / "01.mark").unlink()
     lines: list[str] = []
-    book.run_book("cpu", {"seed": 5}, run_id="r1", results_dir=res, notebooks_dir=nbs, log=lines.append)
+    book.run_book("cpu", {"seed": 5, "sweep_seeds": []}, run_id="r1", results_dir=res, notebooks_dir=nbs, log=lines.append)
     assert any("01_first: already done" in line for line in lines)
     assert not (run / "01.mark").exists() and (run / "02.mark").exists()
     assert book.read_status(run)["state"] == "complete"
@@ -105,7 +105,7 @@ def test_killed_book_is_marked_incomplete_and_rerun_finishes_it(book_dirs):
     nbs, res = book_dirs
     _chapter(nbs, "01_first", WRITE_MARK.format(name="01"))
     _chapter(nbs, "02_slow", "import time, pathlib\npathlib.Path(run_dir, 'started').write_text('x')\ntime.sleep(120)")
-    cmd = [sys.executable, "-m", "lib", "book", "--run-id", "k", "--results-dir", str(res), "--notebooks-dir", str(nbs)]
+    cmd = [sys.executable, "-m", "lib", "book", "--run-id", "k", "--results-dir", str(res), "--notebooks-dir", str(nbs), "--set", "sweep_seeds=[]"]
     proc = subprocess.Popen(cmd, cwd=config.PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = res / "cpu" / "k"
     deadline = time.monotonic() + 90
