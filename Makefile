@@ -13,7 +13,7 @@ CHAPTERS ?=
 SET ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup book test test-browser test-all lab clean-notebooks bench rerun status
+.PHONY: help setup book sweep test test-browser test-all lab clean-notebooks bench rerun status
 
 help:
 	@echo "make book [PROFILE=cpu|full] [RUN_ID=name] [CHAPTERS='01 03'] [SET='seed=1 epochs=2']"
@@ -31,6 +31,13 @@ $(VENV)/.installed: pyproject.toml
 
 book: setup
 	$(PY) -m lib book --profile $(PROFILE) --run-id $(RUN_ID) $(if $(CHAPTERS),--chapters "$(CHAPTERS)") $(foreach s,$(SET),--set $(s))
+
+# A seed x variant sweep on the run's bank: GPUS=0 runs members one after another, GPUS=N one per GPU.
+GPUS ?= 0
+SEEDS ?=
+VARIANTS ?=
+sweep: setup
+	$(PY) -m lib sweep --profile $(PROFILE) --run-id $(RUN_ID) --gpus $(GPUS) $(if $(SEEDS),--seeds "$(SEEDS)") $(if $(VARIANTS),--variants "$(VARIANTS)")
 
 rerun: setup
 	$(PY) -m lib rerun $(RUN_DIR)

@@ -32,6 +32,23 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .book import read_params
+    from .config import resolve
+    from .results import run_dir_for
+    from .sweep import run_sweep
+
+    probe = resolve(args.profile)
+    main_run = run_dir_for(args.profile, args.run_id, probe["results_root"])
+    overrides = (read_params(main_run).get("overrides") or {}) if (main_run / "params.yaml").exists() else {}
+    overrides.update(dict(parse_override(s) for s in args.set or []))
+    cfg = resolve(args.profile, overrides)
+    seeds = [int(s) for s in args.seeds.replace(",", " ").split()] if args.seeds else cfg["sweep_seeds"]
+    variants = args.variants.replace(",", " ").split() if args.variants else cfg["sweep_variants"]
+    run_sweep(args.profile, overrides, main_run, seeds, variants, [str(c) for c in cfg["sweep_chapters"]], gpus=args.gpus)
+    return 0
+
+
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from .book import rerun
 
@@ -88,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--results-dir", default=None, help="where run folders go (default: the profile's results_root)")
     book.add_argument("--notebooks-dir", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help=argparse.SUPPRESS)
     book.set_defaults(func=_cmd_book)
+
+    sw = sub.add_parser("sweep", help="train and evaluate a list of seeds x variants on a run's bank")
+    sw.add_argument("--profile", default="cpu")
+    sw.add_argument("--run-id", default="book", help="the main run whose bank the sweep uses (chapter 01 must be done)")
+    sw.add_argument("--seeds", default=None, help="e.g. '1 2 3' (default: the profile's sweep_seeds)")
+    sw.add_argument("--variants", default=None, help="e.g. 'attn attn_mlp' (default: the profile's sweep_variants)")
+    sw.add_argument("--gpus", type=int, default=0, help="0: one member after another; N: one member per GPU at a time")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sw.set_defaults(func=_cmd_sweep)
 
     rr = sub.add_parser("rerun", help="run a recorded run again from its folder alone")
     rr.add_argument("run_dir")
