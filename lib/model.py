@@ -372,8 +372,19 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def _cached(processor, key: tuple, make):
+    cache = processor.__dict__.setdefault("_speechbook_cache", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
     """The chat-templated user turn (one audio, then the question) ending where the answer starts."""
+    return _cached(processor, ("prompt", prompt), lambda: _render_prompt(processor, prompt))
+
+
+def _render_prompt(processor, prompt: str) -> str:
     messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
                                              {"type": "text", "text": prompt}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -381,6 +392,10 @@ def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
 
 def answer_suffix(processor, prompt: str, answer: str) -> str:
     """What follows the prompt text when the assistant answers ``answer`` (the answer and end of turn)."""
+    return _cached(processor, ("suffix", prompt, answer), lambda: _render_suffix(processor, prompt, answer))
+
+
+def _render_suffix(processor, prompt: str, answer: str) -> str:
     messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
                                              {"type": "text", "text": prompt}]},
                 {"role": "assistant", "content": answer}]
@@ -430,7 +445,11 @@ def _audio_features(base, input_features, feature_attention_mask):
     mask_2d = (torch.arange(n_positions, device=device)[None, :] < feat_lengths[:, None]).long()
     dummy = torch.zeros((batch, n_positions, 1), dtype=inner.multi_modal_projector.linear.weight.dtype, device=device)
     attn = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
-    hidden = tower(input_features, attention_mask=attn).last_hidden_state
+    if any(p.requires_grad for p in tower.parameters()):
+        hidden = tower(input_features, attention_mask=attn).last_hidden_state
+    else:  # a frozen encoder keeps no activations for backward
+        with torch.no_grad():
+            hidden = tower(input_features, attention_mask=attn).last_hidden_state
     feats = inner.multi_modal_projector(hidden)
     keep = torch.arange(feats.shape[1], device=device)[None, :] < out_lengths[:, None]
     return feats[keep]
