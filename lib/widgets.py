@@ -17,15 +17,15 @@ tool by setting ``tool.class_filter.value = "nonspeech"`` and reading ``tool.fil
 Each shown clip has its true and predicted label, ``p_speech``, its bank axes, a spectrogram (librosa
 STFT drawn with matplotlib, as PNG in an ``ipywidgets.Image``) and an audio player
 (``ipywidgets.Audio`` holding 16-bit WAV bytes, i.e. an HTML ``<audio>`` element in JupyterLab). Audio
-is read through ``lib.data.load_clip(manifest, row, normalization)`` (float32, 16 kHz), imported only
-when a clip is first shown.
+is read through ``lib.data.load_clip(row, normalization, root=<the manifest's folder>)`` (float32,
+16 kHz), imported only when a clip is first shown.
 """
 from __future__ import annotations
 
 import io as _io
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import pandas as pd
 SR = 16_000
 NO_MATCH = "No clips match these filters."
 # Bank columns offered as multiple-choice filters when they hold at least two distinct values.
-CHOICE_AXES = ("noise_type", "rt60_s", "filter", "split")
+CHOICE_AXES = ("noise_type", "rt60_s", "filter", "bandlimit", "split")
 SORTS = {
     "most confidently wrong first": ("confidence", False),
     "least confident first": ("confidence", True),
@@ -163,32 +163,11 @@ def filter_clips(
 # ----------------------------------------------------------------------------------------------
 # Audio and pictures
 # ----------------------------------------------------------------------------------------------
-def _fallback_load_clip(manifest: Path, row: Mapping[str, Any], normalization: str = "none") -> np.ndarray:
-    """Read a bank clip without ``lib.data`` (used only when that module is missing)."""
-    import soundfile as sf
+def default_loader() -> Callable[..., np.ndarray]:
+    """``lib.data.load_clip(row, normalization, root)``, imported only when a clip is first shown."""
+    from .data import load_clip
 
-    audio, sr = sf.read(str(Path(manifest).parent / str(row["path"])), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != SR:
-        import librosa
-
-        audio = librosa.resample(audio, orig_sr=sr, target_sr=SR)
-    if normalization == "peak":
-        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-        audio = audio / peak * 0.9 if peak > 0 else audio
-    elif normalization == "rms":
-        rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
-        audio = audio * (0.05 / rms) if rms > 0 else audio
-    return audio.astype(np.float32)
-
-
-def default_loader() -> Callable[[Path, Mapping[str, Any], str], np.ndarray]:
-    """``lib.data.load_clip`` if it exists, else a small soundfile reader with the same contract."""
-    try:
-        from . import data  # imported lazily: the data module may pull in heavy dependencies
-    except ImportError:
-        return _fallback_load_clip
-    return getattr(data, "load_clip", _fallback_load_clip)
+    return load_clip
 
 
 def wav_bytes(audio: np.ndarray, sr: int = SR) -> bytes:
@@ -219,7 +198,7 @@ def spectrogram_png(audio: np.ndarray, sr: int = SR, title: str = "", width_in: 
     db = np.maximum(db, db.max() - 80.0)
     dur = audio.size / sr
 
-    fig = Figure(figsize=(width_in, height_in), dpi=100)
+    fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
     ax_w, ax_s = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 3]})
     t = np.arange(audio.size) / sr
     ax_w.plot(t, audio, lw=0.6, color="#1f4e79")
@@ -234,7 +213,7 @@ def spectrogram_png(audio: np.ndarray, sr: int = SR, title: str = "", width_in: 
     ax_s.set_ylabel("kHz", fontsize=7)
     ax_s.set_xlabel("time (s)", fontsize=7)
     ax_s.tick_params(labelsize=6)
-    cbar = fig.colorbar(im, ax=[ax_w, ax_s], fraction=0.04, pad=0.02)
+    cbar = fig.colorbar(im, ax=[ax_w, ax_s], fraction=0.04, pad=0.01)
     cbar.set_label("dB", fontsize=6)
     cbar.ax.tick_params(labelsize=6)
     buf = _io.BytesIO()
@@ -253,7 +232,8 @@ class ListeningTool:
     when ``predictions`` already carries those columns. ``manifest``: the bank's manifest.csv path
     (audio paths are relative to its folder). ``normalization``: how clips are leveled for playback
     and spectrograms (none | peak | rms; the run's own setting is the honest default). ``smoke``:
-    label what is shown as a smoke result (cpu profile). ``loader``: replaces ``lib.data.load_clip``.
+    label what is shown as a smoke result (cpu profile). ``loader``: replaces ``lib.data.load_clip``
+    (same call: ``loader(row, normalization, root)``).
     """
 
     def __init__(
@@ -267,7 +247,7 @@ class ListeningTool:
         page_size: int = 5,
         system: str | None = None,
         title: str = "Listening tool: misclassified clips",
-        loader: Callable[[Path, Mapping[str, Any], str], np.ndarray] | None = None,
+        loader: Callable[..., np.ndarray] | None = None,
     ) -> None:
         import ipywidgets as w
 
@@ -355,10 +335,10 @@ class ListeningTool:
                 w.HBox([self.system_filter, self.class_filter, self.errors_only]),
                 w.HBox([self.sort, self.normalization]),
                 w.HBox(choice_row, layout=w.Layout(flex_flow="row wrap")),
-                w.HBox(sliders),
+                w.HBox(sliders, layout=w.Layout(flex_flow="row wrap")),
                 help_text,
-                w.HBox([self.prev_button, self.next_button, self.page_size, self.status],
-                       layout=w.Layout(align_items="center")),
+                w.HBox([self.prev_button, self.next_button, self.page_size], layout=w.Layout(align_items="center")),
+                self.status,
                 self.clips_box,
             ]
         )
@@ -387,7 +367,8 @@ class ListeningTool:
             slider = w.FloatRangeSlider(min=lo, max=hi, value=(lo, hi), step=0.5, description=description,
                                         continuous_update=False, readout_format=".1f")
         slider.style.description_width = "initial"
-        slider.layout.width = "360px"
+        slider.layout.width = "420px"
+        slider.layout.margin = "2px 32px 2px 0"
         return slider
 
     def _filter_controls(self) -> list[Any]:
@@ -480,10 +461,13 @@ class ListeningTool:
 
     # -- one clip ------------------------------------------------------------------------------
     def load_audio(self, row: Mapping[str, Any]) -> np.ndarray:
-        if self.manifest is None:
+        """The clip as the chosen normalization leaves it (float32, 16 kHz)."""
+        has_path = "audio_path" in row and isinstance(row["audio_path"], str) and row["audio_path"]
+        if self.manifest is None and not has_path:
             raise FileNotFoundError("no bank manifest given: pass manifest=<bank manifest.csv> to hear clips")
+        root = None if self.manifest is None else (self.manifest if self.manifest.is_dir() else self.manifest.parent)
         loader = self._loader or default_loader()
-        return np.asarray(loader(self.manifest, row, self.normalization.value), dtype=np.float32)
+        return np.asarray(loader(row, self.normalization.value, root), dtype=np.float32)
 
     def _card(self, row: pd.Series) -> Any:
         import ipywidgets as w
@@ -601,19 +585,10 @@ def listening_tool(
 
 
 def load_bank_table(manifest: str | Path) -> pd.DataFrame:
-    """The bank table through ``lib.data.load_bank`` when it exists, else read as CSV/Parquet."""
-    try:
-        from . import data
+    """The bank through ``lib.data.load_bank``; a missing clip file shows on its card, not here."""
+    from .data import load_bank
 
-        loader = getattr(data, "load_bank", None)
-    except ImportError:
-        loader = None
-    if loader is not None:
-        return loader(manifest)
-    manifest = Path(manifest)
-    if manifest.suffix == ".parquet":
-        return pd.read_parquet(manifest)
-    return pd.read_csv(manifest, dtype={"clip_id": str})
+    return load_bank(manifest, check_files=False)
 
 
 def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
