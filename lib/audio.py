@@ -303,6 +303,14 @@ def room_impulse_response(rt60_s: float, seed: int = 0, sr: int = SR) -> np.ndar
     rt60_s = check_rt60(rt60_s)
     if rt60_s == 0.0:
         return np.ones(1)
+    cache = _rir_cache_path(rt60_s, seed, sr)
+    if cache is not None and cache.exists():
+        try:
+            h = np.load(cache)
+            h.setflags(write=False)
+            return h
+        except Exception:
+            pass  # unreadable cache entry: simulate again
     rng = np.random.default_rng([int(seed), int(round(rt60_s * 1000))])
     dim = rng.uniform([4.0, 3.0, 2.5], [10.0, 8.0, 4.0])
     src = rng.uniform([0.5, 0.5, 1.0], dim - 0.5)
@@ -321,8 +329,33 @@ def room_impulse_response(rt60_s: float, seed: int = 0, sr: int = SR) -> np.ndar
     start = int(np.argmax(np.abs(h)))  # the direct path (the strongest arrival at 1-4 m)
     h = h[start:]
     h = h / np.sqrt(np.sum(h * h))
+    if cache is not None:
+        try:
+            from . import io
+
+            with io.atomic_path(cache) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, h)
+        except OSError:
+            pass  # a read-only cache folder only costs time
     h.setflags(write=False)
     return h
+
+
+def _rir_cache_path(rt60_s: float, seed: int, sr: int) -> Path | None:
+    """Simulated responses are deterministic, so they are kept on disk (``$SPEECHBOOK_CACHE`` or
+    ``data/cache/rir``); set ``SPEECHBOOK_CACHE=off`` to disable."""
+    base = os.environ.get("SPEECHBOOK_CACHE")
+    if base == "off":
+        return None
+    try:
+        import pyroomacoustics as pra
+
+        version = pra.__version__
+    except Exception:
+        version = "unknown"
+    root = Path(base) if base else Path(__file__).resolve().parent.parent / "data" / "cache"
+    return root / "rir" / f"rir-v1-pra{version}-sr{sr}-rt{int(round(rt60_s * 1000))}ms-room{int(seed)}.npy"
 
 
 def _simulate_rir(dim, rt60_s, src, mic, sr, sim_seed):

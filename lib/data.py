@@ -254,6 +254,8 @@ def check_splits(df: pd.DataFrame, what: str, names: Sequence[str] = SPLITS, lab
 def bank_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters that define a bank, validated (errors name the parameter and the valid range)."""
     p = {k: cfg.get(k) for k in BANK_PARAM_KEYS}
+    if cfg.get("bank_seed") is not None:  # the bank's own seed, fixed across training seeds
+        p["seed"] = cfg["bank_seed"]
     p["data_source"] = p["data_source"] or "local"
     if p["design"] not in DESIGNS:
         raise ValueError(f"design={p['design']!r} is not valid; valid: {', '.join(DESIGNS)}")
@@ -748,10 +750,25 @@ def load_clip(row: Mapping[str, Any] | str | os.PathLike, normalization: str = "
     return audio.normalize(audio.load_audio(path), normalization, name=str(path))
 
 
-def load_clips(df: pd.DataFrame, normalization: str = "rms", root: str | os.PathLike | None = None, progress: bool = False) -> list[np.ndarray]:
-    """The clips of a bank table (rows of ``load_bank``), in row order, normalized at load time."""
+def load_clips(
+    df: pd.DataFrame,
+    manifest: str | os.PathLike | None = None,
+    normalization: str = "rms",
+    root: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """The clips of a bank table (rows of ``load_bank``), in row order, normalized at load time.
+
+    Rows from ``load_bank`` carry ``audio_path``; otherwise ``manifest`` (or ``root``, its folder)
+    says where ``path`` is relative to.
+    """
+    if isinstance(manifest, str) and manifest in audio.NORMALIZATIONS and not Path(manifest).exists():
+        manifest, normalization = None, manifest  # load_clips(df, "peak")
     if normalization not in audio.NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(audio.NORMALIZATIONS)} (parameter 'normalization')")
+    if root is None and manifest is not None:
+        m = Path(manifest)
+        root = m if m.is_dir() else m.parent
     rows = df.to_dict("records")
     return [load_clip(r, normalization, root) for r in _progress(rows, progress, desc="load clips")]
 
@@ -806,6 +823,6 @@ def shortcut_report(bank_df: pd.DataFrame, manifest: str | os.PathLike | None = 
     add("rolloff95_hz", "bandlimit_augment" if treated else "none (treatment off)", df["rolloff95_hz"])
     add("rms_dbfs", "none", df["rms_dbfs"])
     if normalization != "none":
-        levels = [audio.rms_dbfs(c) for c in load_clips(df, normalization)]
+        levels = [audio.rms_dbfs(c) for c in load_clips(df, manifest, normalization=normalization)]
         add("rms_dbfs", f"{normalization} normalization", levels)
     return pd.DataFrame(rows)
