@@ -194,7 +194,8 @@ def spectrogram_png(audio: np.ndarray, sr: int = SR, title: str = "", width_in: 
     hop = int(min(64, max(8, audio.size // 200)))
     padded = audio if audio.size >= n_fft else np.pad(audio, (0, n_fft - audio.size))
     spec = np.abs(librosa.stft(padded, n_fft=n_fft, hop_length=hop, center=True))
-    db = librosa.amplitude_to_db(spec, ref=1.0, top_db=None)
+    # dB re a full-scale sine: a Hann-windowed sine of amplitude 1 peaks at n_fft / 4 in |STFT|.
+    db = librosa.amplitude_to_db(spec / (n_fft / 4), ref=1.0, amin=1e-6, top_db=None)
     db = np.maximum(db, db.max() - 80.0)
     dur = audio.size / sr
 
@@ -214,7 +215,7 @@ def spectrogram_png(audio: np.ndarray, sr: int = SR, title: str = "", width_in: 
     ax_s.set_xlabel("time (s)", fontsize=7)
     ax_s.tick_params(labelsize=6)
     cbar = fig.colorbar(im, ax=[ax_w, ax_s], fraction=0.04, pad=0.01)
-    cbar.set_label("dB", fontsize=6)
+    cbar.set_label("dBFS", fontsize=6)
     cbar.ax.tick_params(labelsize=6)
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
@@ -536,12 +537,15 @@ def _describe(row: Mapping[str, Any]) -> str:
         meta.append(f"RT60 {float(row['rt60_s']):g} s")
     if "filter" in row and axis_text(row["filter"]) != _NONE:
         meta.append(f"filter: {_esc(row['filter'])}")
+    if "bandlimit" in row and axis_text(row["bandlimit"]) != _NONE:
+        meta.append(f"band-limit: {_esc(row['bandlimit'])}")
     if "split" in row and axis_text(row["split"]) != _NONE:
         meta.append(f"split: {_esc(row['split'])}")
     if meta:
         lines.append(" · ".join(meta))
-    if "group_id" in row and axis_text(row["group_id"]) != _NONE:
-        lines.append(f"<small>group: {_esc(row['group_id'])}</small>")
+    for col, name in (("source_id", "source"), ("group_id", "group")):
+        if col in row and axis_text(row[col]) != _NONE:
+            lines.append(f"<small>{name}: {_esc(row[col])}</small>")
     return "<div class='speechbook-clip-info' style='font-size:13px;line-height:1.5'>" + "<br>".join(lines) + "</div>"
 
 

@@ -183,19 +183,58 @@ def _wait_ready(proc: subprocess.Popen, port: int, token: str, log_path: Path) -
                        f"{log_path.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its kernels: SIGTERM to its own process group, SIGKILL after 10 s."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/<pid>/stat): tells a pid from a reused one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes started by ``pid`` (kernels run in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            started = _start_time(child)
+            if started is not None:
+                out.append((child, started))
+            todo.append(child)
+    return out
+
+
+def _stop(proc: subprocess.Popen, port: int, token: str) -> None:
+    """Stop the server and its kernels: the server's own shutdown API, then SIGTERM, then SIGKILL."""
     if proc.poll() is not None:
         return
+    started = _descendants(proc.pid)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/shutdown?token={token}", method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+        proc.wait(timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+    for pid, start in started:  # a kernel the server could not shut down (same pid, same start time)
+        if _start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def test_listening_tool_in_jupyterlab_chromium():
@@ -237,7 +276,7 @@ def test_listening_tool_in_jupyterlab_chromium():
                 finally:
                     ctx.close()
         finally:
-            _stop(proc)
+            _stop(proc, port, token)
 
 
 def _kernel_idle(port: int, token: str) -> bool:
