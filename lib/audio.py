@@ -117,14 +117,18 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int = SR) -> np.ndarray:
 
 
 def write_audio(path: str | os.PathLike, x: np.ndarray, sr: int = SR) -> Path:
-    """Write float32 WAV (subtype FLOAT: no quantization, no clipping), atomically."""
-    import soundfile as sf
+    """Write 32-bit float WAV (IEEE float: no quantization, no clipping), atomically.
+
+    Written with ``scipy.io.wavfile`` rather than libsndfile, whose float WAVs carry a PEAK chunk with
+    a time stamp: the same audio must give the same bytes (banks are compared by file hashes).
+    """
+    from scipy.io import wavfile
 
     from . import io
 
     path = Path(path)
     with io.atomic_path(path) as tmp:
-        sf.write(str(tmp), np.asarray(x, dtype=np.float32), sr, subtype="FLOAT", format="WAV")
+        wavfile.write(str(tmp), int(sr), np.ascontiguousarray(x, dtype=np.float32))
     return path
 
 

@@ -58,7 +58,7 @@ BANK_COLUMNS = [
     "noise_type", "rt60_s", "filter", "seed", "path",
 ]
 CORPUS_REQUIRED = ["path", "label", "category"]
-BANK_VERSION = 1  # bump when rendering changes, so old banks are not reused
+BANK_VERSION = 2  # bump when rendering changes, so old banks are not reused
 BANDLIMITS = ("none", "telephone", "lowpass_4000", "lowpass_5500")
 BANDLIMIT_TARGET_SHARE = 0.5  # with the treatment, about this share of each class is band-limited
 ACTIVE_WINDOW_DB = 20.0  # windows are drawn among those within this many dB of the loudest one
@@ -380,6 +380,7 @@ def build_bank(cfg: Mapping[str, Any], *, force: bool = False, progress: bool = 
                     {
                         "rms_dbfs": audio.rms_dbfs(out["mixture"]),
                         "peak": float(np.max(np.abs(out["mixture"]))),
+                        "rolloff95_hz_source": audio.rolloff_hz(out["signal"]),
                         "rolloff95_hz_untreated": audio.rolloff_hz(out["untreated"]),
                         "rolloff95_hz": audio.rolloff_hz(out["mixture"]),
                     }
@@ -798,7 +799,8 @@ def shortcut_report(bank_df: pd.DataFrame, manifest: str | os.PathLike | None = 
     """How well one trivial feature alone separates speech from non-speech, with and without the
     treatment that should defuse it:
 
-    * bandwidth (95% spectral roll-off): before vs after the band-limit treatment (``bandlimit``);
+    * bandwidth (95% spectral roll-off): on the clean source window (the corpus' own shortcut), on
+      the mixture before the band-limit treatment, and after it (``bandlimit``);
     * RMS level: stored (``none``) vs after load-time ``normalization``.
 
     Columns: feature, treatment, n, auc (speech scored by the feature), separability
@@ -819,6 +821,8 @@ def shortcut_report(bank_df: pd.DataFrame, manifest: str | os.PathLike | None = 
                      "separability": max(auc, 1 - auc), "best_balanced_accuracy": ba})
 
     treated = bool((df.get("bandlimit", pd.Series(["none"])) != "none").any())
+    if "rolloff95_hz_source" in df.columns:
+        add("rolloff95_hz", "clean source (before noise)", df["rolloff95_hz_source"])
     add("rolloff95_hz", "none", df["rolloff95_hz_untreated"])
     add("rolloff95_hz", "bandlimit_augment" if treated else "none (treatment off)", df["rolloff95_hz"])
     add("rms_dbfs", "none", df["rms_dbfs"])

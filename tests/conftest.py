@@ -119,3 +119,48 @@ def corpus_bank(data_dir, small_bank_cfg):
     from lib import data
 
     return data.build_bank(small_bank_cfg(data_dir), progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> Path:
+    """A tiny corpus in the format of ../shared/data (manifest.csv + FLAC), made of synthetic sounds:
+    12 "speakers" x 3 harmonic clips (speech), 16 recordings of 1-2 segments of noise bursts and
+    chirps (nonspeech, some from 8 kHz origins), 8 noise recordings. Labels mean nothing acoustically;
+    it exercises the plumbing without the real corpus."""
+    import pandas as pd
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("corpus")
+    r = np.random.default_rng(7)
+    rows = []
+
+    def put(rel, x, **meta):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(p), np.asarray(x, dtype=np.float32), SR, subtype="PCM_16")
+        rows.append({"path": rel, "duration_s": f"{len(x) / SR:.3f}", **meta})
+
+    t = np.arange(int(1.3 * SR)) / SR
+    for spk in range(12):
+        for k in range(3):
+            f0 = 100 + 10 * spk + 5 * k
+            x = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 10)) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+            put(f"speech/s{spk}_{k}.flac", 0.2 * x + 0.001 * r.standard_normal(len(t)), label="speech", category="speech",
+                speaker=f"syn_{spk}", source="synthetic", source_repo="test/speech", original_path=f"s{spk}_{k}.wav",
+                license="CC0", sample_rate_original="8000" if spk < 4 else "16000")
+    for rec in range(16):
+        nseg = 2 if rec % 3 == 0 else 1
+        for seg in range(nseg):
+            x = r.standard_normal(int(1.2 * SR)) * np.exp(-np.linspace(0, 3, int(1.2 * SR))) * 0.3
+            suffix = f" [segment {seg + 1}/{nseg}]" if nseg > 1 else ""
+            put(f"nonspeech/n{rec}_{seg}.flac", x, label="nonspeech", category=["dog", "rain", "door", "cough"][rec % 4], speaker="",
+                source="synthetic", source_repo="test/nonspeech", original_path=f"n{rec}.ogg{suffix}", license="CC0",
+                sample_rate_original="8000" if rec < 3 else "44100")
+    for rec in range(8):
+        put(f"noise/z{rec}.flac", 0.05 * r.standard_normal(3 * SR), label="noise", category="hum", speaker="", source="synthetic",
+            source_repo="test/noise", original_path=f"z{rec}.wav", license="CC0", sample_rate_original="16000")
+    put("music_ambiguous/m0.flac", 0.1 * np.sin(2 * np.pi * 440 * t), label="music", category="music_instrumental", speaker="",
+        source="synthetic", source_repo="test/music", original_path="m0.wav", license="CC0", sample_rate_original="16000")
+    cols = ["path", "label", "category", "speaker", "source", "source_repo", "original_path", "license", "sample_rate_original", "duration_s"]
+    pd.DataFrame(rows)[cols].to_csv(root / "manifest.csv", index=False)
+    return root
