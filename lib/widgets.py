@@ -464,6 +464,8 @@ class ListeningTool:
     def load_audio(self, row: Mapping[str, Any]) -> np.ndarray:
         """The clip as the chosen normalization leaves it (float32, 16 kHz)."""
         has_path = "audio_path" in row and isinstance(row["audio_path"], str) and row["audio_path"]
+        if not has_path and not ("path" in row and isinstance(row["path"], str) and row["path"]):
+            raise KeyError(f"clip {row['clip_id']} is not in the bank manifest (no path to its audio)")
         if self.manifest is None and not has_path:
             raise FileNotFoundError("no bank manifest given: pass manifest=<bank manifest.csv> to hear clips")
         root = None if self.manifest is None else (self.manifest if self.manifest.is_dir() else self.manifest.parent)

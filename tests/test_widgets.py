@@ -239,3 +239,11 @@ def _walk(widget):
     for child in getattr(widget, "children", ()):
         out.extend(_walk(child))
     return out
+
+
+def test_clip_missing_from_bank_is_named_on_its_card(bank, monkeypatch):
+    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    table, manifest = bank
+    tool = ListeningTool(_predictions(), table[table.clip_id != "c05"], manifest, page_size=1)
+    text = " ".join(x.value for x in _walk(tool.clips_box.children[0]) if isinstance(getattr(x, "value", None), str))
+    assert "c05 is not in the bank manifest" in text
