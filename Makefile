@@ -50,6 +50,7 @@ test: setup
 
 # JupyterLab in headless Chromium: needs Debian's chromium (.ci/browser-setup.sh installs it).
 test-browser: setup
+	bash .ci/browser-setup.sh
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
 test-all: test test-browser
