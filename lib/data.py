@@ -623,7 +623,7 @@ class _AudioCache:
             end = float(r["end_s"]) if r["end_s"] is not None and np.isfinite(float(r["end_s"])) else None
             whole = end is None or (a == 0 and abs(end * audio.SR - len(x)) <= audio.SR * 0.01)
             b = len(x) if whole else min(len(x), int(round(end * audio.SR)))
-            self.cache[sid] = x[a:b]
+            self.cache[sid] = x if whole else x[a:b].copy()  # a copy: do not keep long recordings alive
         return self.cache[sid]
 
 
