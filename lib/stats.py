@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -51,6 +51,23 @@ from scipy import stats as sps
 from .results import LABELS, SYSTEM_KEY
 
 POSITIVE = "speech"
+
+
+def _one_blas_thread(func):
+    """Run ``func`` with BLAS limited to one thread: its matrices are tiny, and on a busy 2-core machine
+    OpenBLAS's thread hand-offs made each small L-BFGS-B fit ~50x slower (measured)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 METRICS = ("accuracy", "balanced_accuracy", "recall_speech", "recall_nonspeech")
 DEFAULT_N_BOOT = 1000
 
@@ -325,6 +342,7 @@ def weighted_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = 
 # ----------------------------------------------------------------------------------------------------
 # The metrics table and metrics.json
 # ----------------------------------------------------------------------------------------------------
+@_one_blas_thread
 def metrics_table(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | None = None, level: float = 0.95,
                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0, stratify: bool = True) -> pd.DataFrame:
     """One row per ``(system, variant, seed)``: counts, the four metrics, Wilson and cluster-bootstrap
@@ -389,11 +407,17 @@ def _json_safe(v: Any) -> Any:
 
 
 def metrics_json(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | None = None, level: float = 0.95,
-                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, smoke: bool | None = None,
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, smoke: bool | Iterable[str] | None = None,
                  table: pd.DataFrame | None = None) -> dict[str, Any]:
     """The content of a run's ``metrics.json``, derived from the predictions only (pass ``table`` to reuse
-    a ``metrics_table`` already computed with the same settings)."""
+    a ``metrics_table``; its own level, n_boot and seed are then reported).
+
+    ``smoke``: ``True``/``False`` labels the whole file; a collection of system names (e.g. the tiny
+    model's systems in a cpu run, beside real baselines) marks those systems' entries ``"smoke": true``
+    and the file ``"smoke": true`` if any is.
+    """
     table = metrics_table(predictions, bank, level, n_boot, seed) if table is None else table
+    smoke_systems = None if smoke is None or isinstance(smoke, bool) else {str(s) for s in smoke}
     systems = []
     for _, r in table.iterrows():
         entry: dict[str, Any] = {k: _json_safe(r[k]) for k in SYSTEM_KEY + ["run_id", "n", "n_speech", "n_nonspeech", "n_groups", "boot_unit"]}
@@ -406,15 +430,19 @@ def metrics_json(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | No
             }
         entry["auc"] = {"estimate": _json_safe(r["auc"]), "bootstrap": [_json_safe(r["auc_boot_lo"]), _json_safe(r["auc_boot_hi"])]}
         entry["brier"] = _json_safe(r["brier"])
+        if smoke_systems is not None:
+            entry["smoke"] = str(r["system"]) in smoke_systems or entry["name"] in smoke_systems
         systems.append(entry)
     out: dict[str, Any] = {
-        "level": level,
+        "level": float(table.attrs.get("level", level)),
         "n_boot": int(table.attrs.get("n_boot", n_boot)),
         "bootstrap_seed": int(table.attrs.get("seed", seed)),
         "interval_methods": INTERVAL_METHODS,
         "systems": systems,
     }
-    if smoke is not None:
+    if smoke_systems is not None:
+        out["smoke"] = any(e["smoke"] for e in systems)
+    elif smoke is not None:
         out["smoke"] = bool(smoke)
     return out
 
@@ -589,7 +617,6 @@ class PsychometricFit:
     loglik: float
     converged: bool
     lapse_max: float = 0.1
-    meta: dict = field(default_factory=dict)
 
     def t(self, x: Any) -> np.ndarray:
         x = np.asarray(x, float)
@@ -605,10 +632,10 @@ class PsychometricFit:
     def threshold(self, target: float) -> tuple[float, str]:
         """``x`` where the fitted curve reaches ``target``, and a flag from ``FLAGS``.
 
-        Never extrapolates: outside the tested range the value is ``-inf`` (``below_range``: already above
-        the target at the lowest level tested) or ``+inf`` (``above_range``: not reached by the highest;
-        ``unreachable``: the target is above the fitted ceiling ``1 - lapse``); ``nan`` when the curve does
-        not increase (``not_increasing``).
+        Never extrapolates. The fitted curve is read at the ends of the tested range: met at both ends
+        -> ``-inf``, ``below_range`` (the threshold lies below anything tested); met at neither -> ``+inf``,
+        ``above_range`` (or ``unreachable`` when the target is above the fitted ceiling ``1 - lapse``);
+        met at the low end only -> ``nan``, ``not_increasing``; otherwise the crossing, flag ``ok``.
         """
         return _threshold(self.a, self.b, self.lapse, self.gamma, target, self.tested_range, self.log_x)
 
@@ -616,20 +643,18 @@ class PsychometricFit:
 def _threshold(a: float, b: float, lapse: float, gamma: float, target: float, rng: tuple[float, float], log_x: bool) -> tuple[float, str]:
     if not gamma < target < 1:
         raise ValueError(f"target {target} must lie between the guess rate {gamma} and 1")
-    if not np.isfinite(b) or b <= 0:
-        return math.nan, "not_increasing"
-    q = (target - gamma) / (1 - gamma - lapse)
-    if q >= 1:
-        return math.inf, "unreachable"
-    t = (special.logit(q) - a) / b
-    x = math.exp(t) if log_x else t
     lo, hi = rng
-    tol = 1e-9 * max(1.0, abs(hi - lo))
-    if x < lo - tol:
-        return -math.inf, "below_range"
-    if x > hi + tol:
-        return math.inf, "above_range"
-    return float(x), "ok"
+    t_lo, t_hi = (math.log(lo), math.log(hi)) if log_x else (lo, hi)
+    p_lo, p_hi = (gamma + (1 - gamma - lapse) * special.expit(a + b * t) for t in (t_lo, t_hi))
+    if p_lo >= target and p_hi >= target:
+        return -math.inf, "below_range"  # met everywhere tested
+    if p_lo < target and p_hi < target:
+        return math.inf, ("unreachable" if target >= 1 - lapse else "above_range")  # met nowhere tested
+    if p_lo >= target > p_hi:
+        return math.nan, "not_increasing"  # crosses the target downwards
+    t = (special.logit((target - gamma) / (1 - gamma - lapse)) - a) / b
+    x = math.exp(t) if log_x else t
+    return float(min(max(x, lo), hi)), "ok"
 
 
 def psychometric_levels(df: pd.DataFrame, x: str, balanced: bool = True, level: float = 0.95) -> pd.DataFrame:
@@ -679,6 +704,7 @@ def _glm_start(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float) -> tup
     return 0.0, 1.0
 
 
+@_one_blas_thread
 def _fit_core(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float, lapse_max: float,
               starts: Sequence[tuple[float, float, float]] | None = None) -> tuple[np.ndarray, float, bool]:
     """ML fit on standardised ``t``; returns (a, b, lapse) on the original ``t`` scale, nll, converged."""
@@ -687,7 +713,7 @@ def _fit_core(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float, lapse_m
     z = (t - mu) / sd
     if starts is None:
         a0, b0 = _glm_start(z, k, n, gamma)
-        starts = [(a0, b0, 0.01), (a0, b0, lapse_max / 2), (0.0, 2.0, 0.0)]
+        starts = [(a0, b0, 0.01), (a0, b0, lapse_max / 2), (0.0, 2.0, 0.0), (2.0, 0.0, 0.01)]
     else:  # starts given on the t scale
         starts = [(a + b * mu, b * sd, lp) for a, b, lp in starts]
     bounds = [(-60, 60), (-60, 60), (0.0, lapse_max)]
@@ -701,13 +727,93 @@ def _fit_core(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float, lapse_m
     return np.array([a_z - b_z * mu / sd, b_z / sd, lapse]), float(best.fun), bool(best.success)
 
 
+def _fit_batch(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float, lapse_max: float,
+               start: tuple[float, float, float], iters: int = 200) -> np.ndarray:
+    """Fit many replicates at once (rows of ``k``, ``n`` ``[R, L]``), for the bootstrap.
+
+    Same model and likelihood as ``_fit_core``; Levenberg-Marquardt (damped Fisher scoring, damping
+    adapted per replicate), done for all replicates together in numpy, on ``(a, b, u)`` with ``lapse = lapse_max * expit(u)`` so the
+    bound holds without constraints. Started from the full-data fit. Returns ``(a, b, lapse)`` per row
+    on the ``t`` scale. A test checks it against ``_fit_core`` (L-BFGS-B) replicate by replicate.
+    """
+    k, n = np.atleast_2d(np.asarray(k, float)), np.atleast_2d(np.asarray(n, float))
+    R = k.shape[0]
+    w = n.sum(axis=0)
+    mu = float(np.average(t, weights=w)) if w.sum() > 0 else 0.0
+    sd = float(np.sqrt(np.average((t - mu) ** 2, weights=w))) if w.sum() > 0 else 1.0
+    sd = sd if sd > 0 else 1.0
+    z = (t - mu) / sd
+    a0, b0, l0 = start
+    u0 = special.logit(np.clip(l0 / lapse_max, 1e-4, 1 - 1e-4))
+    theta = np.tile([a0 + b0 * mu, b0 * sd, u0], (R, 1)).astype(float)
+
+    def nll(th: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lam = lapse_max * special.expit(th[:, 2:3])
+        s = special.expit(th[:, 0:1] + th[:, 1:2] * z)
+        p = np.clip(gamma + (1 - gamma - lam) * s, 1e-12, 1 - 1e-12)
+        return -(k * np.log(p) + (n - k) * np.log1p(-p)).sum(axis=1), p, s
+
+    f, p, s = nll(theta)
+    damp = np.full(R, 1e-3)
+    active = np.ones(R, bool)
+    for _ in range(iters):
+        lam_u = lapse_max * special.expit(theta[:, 2:3])
+        dlam = lam_u * (1 - lam_u / lapse_max)
+        ds = (1 - gamma - lam_u) * s * (1 - s)
+        dp = np.stack([ds, ds * z, -s * dlam], axis=2)  # [R, L, 3]
+        resid = -(k / p - (n - k) / (1 - p))
+        grad = (resid[..., None] * dp).sum(axis=1)
+        info = np.einsum("rl,rli,rlj->rij", n / (p * (1 - p)), dp, dp)
+        diag = np.einsum("rii->ri", info) + 1e-9
+        # Levenberg-Marquardt: damped Fisher scoring, damping adapted per replicate
+        step = -np.linalg.solve(info + damp[:, None, None] * (diag[:, :, None] * np.eye(3)), grad[..., None])[..., 0]
+        cand = theta + step
+        cand[:, :2] = np.clip(cand[:, :2], -60, 60)
+        cand[:, 2] = np.clip(cand[:, 2], -30, 30)
+        fc = nll(cand)[0]
+        better = (fc < f) & active
+        theta[better] = cand[better]
+        rel = np.abs(f - fc) / (1 + np.abs(f))
+        damp = np.where(better, np.maximum(damp / 4, 1e-9), np.minimum(damp * 4, 1e9))
+        active &= ~((rel < 1e-10) & better) & (damp < 1e9)
+        if not active.any():
+            break
+        f, p, s = nll(theta)
+    a_z, b_z, u = theta.T
+    return np.stack([a_z - b_z * mu / sd, b_z / sd, lapse_max * special.expit(u)], axis=1)
+
+
+def _flat_start(t: np.ndarray, fit: "PsychometricFit") -> tuple[float, float, float]:
+    """A second bootstrap start: a nearly flat curve at the observed mean level (a, b on the t scale)."""
+    mean_p = float(np.clip(np.average(fit.levels["p"], weights=fit.levels["n"]), 0.51, 0.99))
+    q = (mean_p - fit.gamma) / (1 - fit.gamma - 0.01)
+    return (float(special.logit(min(q, 0.999))), 0.0, 0.01)
+
+
+@_one_blas_thread
+def _best_batch(t: np.ndarray, k: np.ndarray, n: np.ndarray, gamma: float, lapse_max: float,
+                starts: Sequence[tuple[float, float, float]]) -> np.ndarray:
+    """``_fit_batch`` from several starts; per replicate the fit with the highest likelihood."""
+    fits = [_fit_batch(t, k, n, gamma, lapse_max, s0) for s0 in starts]
+    nll = []
+    for prm in fits:
+        sfit = special.expit(prm[:, 0:1] + prm[:, 1:2] * t)
+        pfit = np.clip(gamma + (1 - gamma - prm[:, 2:3]) * sfit, 1e-12, 1 - 1e-12)
+        nll.append(-(k * np.log(pfit) + (n - k) * np.log1p(-pfit)).sum(axis=1))
+    best = np.argmin(np.stack(nll), axis=0)
+    return np.stack(fits)[best, np.arange(k.shape[0])]
+
+
+@_one_blas_thread
 def fit_psychometric(df: pd.DataFrame, x: str, log_x: bool | None = None, gamma: float = 0.5, lapse_max: float = 0.1,
                      balanced: bool = True) -> PsychometricFit:
     """Fit ``p(x) = gamma + (1 - gamma - lapse) * logistic(a + b t(x))`` to one system's predictions.
 
     Maximum likelihood with ``scipy.optimize`` (L-BFGS-B, analytic gradient, ``lapse`` bounded in
     ``[0, lapse_max]``), started from a ``statsmodels`` binomial GLM (logit link) fitted to the
-    proportions rescaled by the guess rate, ``(p - gamma) / (1 - gamma)``. With ``balanced`` each class
+    proportions rescaled by the guess rate, ``(p - gamma) / (1 - gamma)``, and from fixed starts; a
+    Levenberg-Marquardt fit (``_fit_batch``) from further starts is kept instead when its likelihood is
+    higher (ceiling data and few levels give the likelihood ridges where one optimiser can stall). With ``balanced`` each class
     carries half the weight at every level, so the fitted quantity is balanced accuracy: level ``j``
     enters the binomial likelihood with ``n_j`` trials and ``n_j * BA_j`` successes.
     ``log_x`` defaults to True for a column whose name holds ``duration``.
@@ -718,11 +824,20 @@ def fit_psychometric(df: pd.DataFrame, x: str, log_x: bool | None = None, gamma:
     if len(lv) < 2:
         raise ValueError(f"a psychometric fit needs at least two levels of {x}; found {len(lv)}")
     t = np.log(lv["x"].values) if log_x else lv["x"].values
-    (a, b, lapse), nll, ok = _fit_core(t, lv["k"].values, lv["n"].values, gamma, lapse_max)
+    k, n = lv["k"].values, lv["n"].values
+    (a, b, lapse), nll, ok = _fit_core(t, k, n, gamma, lapse_max)
+    # the likelihood can have ridges (ceiling data, few levels): also try Levenberg-Marquardt from
+    # several starts and keep whichever optimiser found the higher likelihood
+    starts = [(a, b, lapse), (float(special.logit(0.8)), 0.0, 0.01), (-float(np.mean(t)), 1.0, 0.02)]
+    alt = _best_batch(t, k[None], n[None], gamma, lapse_max, starts)[0]
+    alt_nll = _nll_and_grad(np.array([alt[0], alt[1], alt[2]]), t, k, n, gamma)[0]
+    if alt_nll < nll - 1e-9:
+        (a, b, lapse), nll = alt, alt_nll
     return PsychometricFit(a=float(a), b=float(b), lapse=float(lapse), gamma=gamma, x=x, log_x=log_x, levels=lv,
                            loglik=-nll, converged=ok, lapse_max=lapse_max)
 
 
+@_one_blas_thread
 def psychometric_threshold(df: pd.DataFrame, x: str, target: float, log_x: bool | None = None, gamma: float = 0.5,
                            lapse_max: float = 0.1, balanced: bool = True, level: float = 0.95,
                            n_boot: int = DEFAULT_N_BOOT, seed: int = 0, stratify: bool = True,
@@ -758,15 +873,15 @@ def psychometric_threshold(df: pd.DataFrame, x: str, target: float, log_x: bool 
         ba = np.where((ns > 0) & (nn > 0), (ks / np.where(ns > 0, ns, 1) + kn / np.where(nn > 0, nn, 1)) / 2, acc)
     p = ba if balanced else acc
     t_all = np.log(xs) if fit.log_x else xs
-    start = [(fit.a, fit.b, fit.lapse)]
+    k_eff = np.nan_to_num(p * n)
+    starts = [(fit.a, fit.b, fit.lapse), _flat_start(t_all, fit), (-float(np.mean(t_all)), 1.0, 0.02)]
+    params = _best_batch(t_all, k_eff, n, gamma, fit.lapse_max, starts)
     thr, flags = np.full(boot.n_boot, math.nan), []
     for r in range(boot.n_boot):
-        keep = n[r] > 0
-        if keep.sum() < 2:
+        if (n[r] > 0).sum() < 2:
             flags.append("not_increasing")
             continue
-        (a, b, lp), _, _ = _fit_core(t_all[keep], (p[r] * n[r])[keep], n[r][keep], gamma, lapse_max, starts=start)
-        thr[r], f = _threshold(a, b, lp, gamma, target, fit.tested_range, fit.log_x)
+        thr[r], f = _threshold(*params[r], gamma, target, fit.tested_range, fit.log_x)
         flags.append(f)
     flags_arr = np.array(flags)
     finite_or_inf = thr[~np.isnan(thr)]
@@ -937,6 +1052,21 @@ def mcnemar_exact_power(n: int, p10: float, p01: float, alpha: float = 0.05) -> 
         pval = np.minimum(1.0, 2 * sps.binom.cdf(k, d, 0.5)) if d > 0 else np.ones(1)
         power += pd_[d] * sps.binom.pmf(b, d, theta)[pval <= alpha].sum()
     return float(power)
+
+
+def power_table(deltas: Sequence[float], discordances: Sequence[float], alpha: float = 0.05, power: float = 0.8,
+                deff: float = 1.0) -> pd.DataFrame:
+    """``mcnemar_sample_size`` over a grid: clips needed for each accuracy difference and discordance
+    rate, and the same times the design effect ``deff`` (clips that share sources carry less information).
+    Impossible cells (``|delta| > discordance``) are left out."""
+    rows = []
+    for psi in discordances:
+        for d in deltas:
+            if 0 < abs(d) <= psi:
+                n = mcnemar_sample_size(d, psi, alpha, power)
+                rows.append({"delta": d, "discordance": psi, "n_independent": n, "deff": deff,
+                             "n_clips": int(math.ceil(n * deff - 1e-9))})
+    return pd.DataFrame(rows)
 
 
 def two_proportion_sample_size(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8) -> int:
