@@ -168,6 +168,19 @@ def rolloff_hz(x: np.ndarray, sr: int = SR, fraction: float = 0.95) -> float:
     return float(freqs[min(int(np.searchsorted(cum, fraction)), len(freqs) - 1)])
 
 
+def highband_db(x: np.ndarray, sr: int = SR, cutoff_hz: float = 4000.0) -> float:
+    """Share of the clip's spectral energy above ``cutoff_hz``, in dB (about -60 dB or less for a clip
+    of 8 kHz origin, -15 to -30 dB for full-band speech): the sharpest single detector of band-limiting."""
+    x = np.asarray(x, dtype=np.float64)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    total = spec.sum()
+    if total <= 0:
+        return -np.inf
+    freqs = np.fft.rfftfreq(len(x), 1.0 / sr)
+    high = spec[freqs >= cutoff_hz].sum()
+    return float(10.0 * np.log10(max(high / total, 1e-12)))
+
+
 # -------------------------------------------------------------------------------- normalization
 
 

@@ -58,7 +58,7 @@ BANK_COLUMNS = [
     "noise_type", "rt60_s", "filter", "seed", "path",
 ]
 CORPUS_REQUIRED = ["path", "label", "category"]
-BANK_VERSION = 2  # bump when rendering changes, so old banks are not reused
+BANK_VERSION = 4  # bump when rendering changes, so old banks are not reused
 BANDLIMITS = ("none", "telephone", "lowpass_4000", "lowpass_5500")
 BANDLIMIT_TARGET_SHARE = 0.5  # with the treatment, about this share of each class is band-limited
 ACTIVE_WINDOW_DB = 20.0  # windows are drawn among those within this many dB of the loudest one
@@ -374,15 +374,20 @@ def build_bank(cfg: Mapping[str, Any], *, force: bool = False, progress: bool = 
             feats = []
             rows = plan.to_dict("records")
             for row in _progress(rows, progress, desc=f"bank {h}"):
-                out = render_clip(row, cache)
+                out = render_clip(row, cache, with_treated_signal=True)
                 audio.write_audio(tmp / row["path"], out["mixture"])
                 feats.append(
                     {
                         "rms_dbfs": audio.rms_dbfs(out["mixture"]),
                         "peak": float(np.max(np.abs(out["mixture"]))),
                         "rolloff95_hz_source": audio.rolloff_hz(out["signal"]),
+                        "rolloff95_hz_source_treated": audio.rolloff_hz(out["signal_treated"]),
                         "rolloff95_hz_untreated": audio.rolloff_hz(out["untreated"]),
                         "rolloff95_hz": audio.rolloff_hz(out["mixture"]),
+                        "highband_db_source": audio.highband_db(out["signal"]),
+                        "highband_db_source_treated": audio.highband_db(out["signal_treated"]),
+                        "highband_db_untreated": audio.highband_db(out["untreated"]),
+                        "highband_db": audio.highband_db(out["mixture"]),
                     }
                 )
             plan = pd.concat([plan, pd.DataFrame(feats)], axis=1)
@@ -639,10 +644,11 @@ def _load_file(path: str) -> np.ndarray:
     return _FILE_CACHE[path]
 
 
-def render_clip(row: Mapping[str, Any], cache: "_AudioCache") -> dict[str, np.ndarray]:
+def render_clip(row: Mapping[str, Any], cache: "_AudioCache", with_treated_signal: bool = False) -> dict[str, np.ndarray]:
     """Render one bank clip from its row alone. Returns ``mixture`` (what is stored), ``signal`` and
     ``noise`` (the two components at the mixing point, cut to the clip: their SNR is ``snr_db``), and
-    ``untreated`` (the clip before the band-limit treatment)."""
+    ``untreated`` (the clip before the band-limit treatment); with ``with_treated_signal`` also
+    ``signal_treated`` (the clean component through the channel filter and the treatment)."""
     x = cache.get(row["source_id"])
     n = audio.n_samples(row["duration_ms"])
     start, pre, post = int(row["source_offset"]), int(row["context_pre"]), int(row["context_post"])
@@ -670,18 +676,27 @@ def render_clip(row: Mapping[str, Any], cache: "_AudioCache") -> dict[str, np.nd
     mix = audio.band_filter(mix, row["filter"])
     untreated = mix
     bl = row.get("bandlimit", "none") or "none"
-    if bl == "telephone":
-        mix = audio.band_filter(mix, "telephone")
-    elif bl.startswith("lowpass_"):
-        mix = audio.band_filter(mix, "lowpass", cutoff_hz=float(bl.split("_")[1]))
-    elif bl != "none":
-        raise ValueError(f"unknown bandlimit {bl!r}; valid: {', '.join(BANDLIMITS)}")
-    return {
+    mix = apply_bandlimit(mix, bl)
+    out = {
         "mixture": np.ascontiguousarray(mix[window], dtype=np.float32),
         "untreated": np.ascontiguousarray(untreated[window], dtype=np.float32),
         "signal": s_c[window],
         "noise": n_c[window],
     }
+    if with_treated_signal:  # the clean component through the same channel and treatment (shortcut report)
+        out["signal_treated"] = np.ascontiguousarray(apply_bandlimit(audio.band_filter(s_c, row["filter"]), bl)[window], dtype=np.float32)
+    return out
+
+
+def apply_bandlimit(x: np.ndarray, kind: str) -> np.ndarray:
+    """The band-limit treatment ``kind`` (``BANDLIMITS``) applied to a whole (context) signal."""
+    if kind == "none":
+        return x
+    if kind == "telephone":
+        return audio.band_filter(x, "telephone")
+    if kind.startswith("lowpass_"):
+        return audio.band_filter(x, "lowpass", cutoff_hz=float(kind.split("_")[1]))
+    raise ValueError(f"unknown bandlimit {kind!r}; valid: {', '.join(BANDLIMITS)}")
 
 
 def regenerate(manifest: str | os.PathLike, clip_ids: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
@@ -799,11 +814,16 @@ def shortcut_report(bank_df: pd.DataFrame, manifest: str | os.PathLike | None = 
     """How well one trivial feature alone separates speech from non-speech, with and without the
     treatment that should defuse it:
 
-    * bandwidth (95% spectral roll-off): on the clean source window (the corpus' own shortcut), on
-      the mixture before the band-limit treatment, and after it (``bandlimit``);
+    * bandwidth, as the 95% spectral roll-off and as the share of energy above 4 kHz (dB): on the
+      clean source window (the corpus' own shortcut), on the mixture before the band-limit treatment,
+      and after it (``bandlimit``);
     * RMS level: stored (``none``) vs after load-time ``normalization``.
 
-    Columns: feature, treatment, n, auc (speech scored by the feature), separability
+    ``band_limited`` is the cue itself, from the metadata: the clip's source is of 8-11 kHz origin
+    (or, with the treatment, the clip was band-limited). Bandwidth is measured on the clean source component (what the corpus brings) and on the mixture
+    (what a model hears), each without and with the treatment.
+
+    Columns: feature, measured_on, treatment, n, auc (speech scored by the feature), separability
     (``max(auc, 1 - auc)``: 0.5 = no information, 1 = perfect shortcut), best_balanced_accuracy.
     """
     df = bank_df
@@ -813,20 +833,29 @@ def shortcut_report(bank_df: pd.DataFrame, manifest: str | os.PathLike | None = 
     y = (df["label"].values == "speech").astype(int)
     rows = []
 
-    def add(feature, treatment, values):
+    def add(feature, measured_on, treatment, values):
         v = np.asarray(values, dtype=float)
         v = np.where(np.isfinite(v), v, -200.0)
         auc, ba = _separability(y, v)
-        rows.append({"feature": feature, "treatment": treatment, "n": len(v), "auc": auc,
+        rows.append({"feature": feature, "measured_on": measured_on, "treatment": treatment, "n": len(v), "auc": auc,
                      "separability": max(auc, 1 - auc), "best_balanced_accuracy": ba})
 
     treated = bool((df.get("bandlimit", pd.Series(["none"])) != "none").any())
-    if "rolloff95_hz_source" in df.columns:
-        add("rolloff95_hz", "clean source (before noise)", df["rolloff95_hz_source"])
-    add("rolloff95_hz", "none", df["rolloff95_hz_untreated"])
-    add("rolloff95_hz", "bandlimit_augment" if treated else "none (treatment off)", df["rolloff95_hz"])
-    add("rms_dbfs", "none", df["rms_dbfs"])
+    after = "bandlimit_augment" if treated else "bandlimit_augment (off)"
+    if "bandlimited_origin" in df.columns:  # the cue itself: is the clip band-limited at all?
+        origin = df["bandlimited_origin"].astype(str).str.lower().isin(["true", "1"]).values
+        add("band_limited", "metadata", "none", origin.astype(float))
+        add("band_limited", "metadata", after, (origin | (df.get("bandlimit", "none") != "none").values).astype(float))
+    for feat in ("rolloff95_hz", "highband_db"):
+        if f"{feat}_untreated" not in df.columns:
+            continue
+        if f"{feat}_source" in df.columns:
+            add(feat, "clean source", "none", df[f"{feat}_source"])
+            add(feat, "clean source", after, df[f"{feat}_source_treated"])
+        add(feat, "mixture", "none", df[f"{feat}_untreated"])
+        add(feat, "mixture", after, df[feat])
+    add("rms_dbfs", "mixture", "none", df["rms_dbfs"])
     if normalization != "none":
         levels = [audio.rms_dbfs(c) for c in load_clips(df, manifest, normalization=normalization)]
-        add("rms_dbfs", f"{normalization} normalization", levels)
+        add("rms_dbfs", "mixture", f"{normalization} normalization", levels)
     return pd.DataFrame(rows)

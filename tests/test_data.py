@@ -262,11 +262,11 @@ def test_failed_build_leaves_the_good_bank_untouched(syn_bank, synthetic_corpus,
     calls = {"n": 0}
     real = data.render_clip
 
-    def flaky(row, cache):
+    def flaky(row, cache, **kw):
         calls["n"] += 1
         if calls["n"] == 10:
             raise RuntimeError("simulated crash mid-build")
-        return real(row, cache)
+        return real(row, cache, **kw)
 
     monkeypatch.setattr(data, "render_clip", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -364,7 +364,9 @@ def test_unknown_normalization_in_load_clips(syn_bank):
 def test_shortcut_report_shape(syn_bank):
     df = data.load_bank(syn_bank)
     rep = data.shortcut_report(df, syn_bank)
-    assert list(rep["feature"]) == ["rolloff95_hz", "rolloff95_hz", "rolloff95_hz", "rms_dbfs", "rms_dbfs"]
+    assert list(rep["feature"]) == ["band_limited"] * 2 + ["rolloff95_hz"] * 4 + ["highband_db"] * 4 + ["rms_dbfs"] * 2
+    assert list(rep["measured_on"][2:6]) == ["clean source", "clean source", "mixture", "mixture"]
+    assert list(rep["treatment"][:6]) == ["none", "bandlimit_augment"] * 3
     assert rep["separability"].between(0.5, 1).all() and rep["best_balanced_accuracy"].between(0.5, 1).all()
 
 
