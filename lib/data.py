@@ -398,7 +398,8 @@ def build_bank(cfg: Mapping[str, Any], *, force: bool = False, progress: bool = 
                 tmp / "bank.yaml",
                 {
                     "hash": h, "version": BANK_VERSION, "params": params, "sources_fingerprint": fingerprint,
-                    "data_dir": str(cfg.get("data_dir") or ""), "n_clips": len(plan),
+                    "data_dir": str(cfg.get("data_dir") or ""), "downloads_dir": str(cfg.get("downloads_dir") or ""),
+                    "n_clips": len(plan),
                     "counts": {s: int((plan["split"] == s).sum()) for s in SPLITS},
                     "reference": ofat_reference(params) if params["design"] == "ofat" else None,
                     "complete": True,
@@ -703,13 +704,11 @@ def regenerate(manifest: str | os.PathLike, clip_ids: Sequence[str] | None = Non
     """Re-render clips of a built bank from their rows (to check SNRs or reproducibility)."""
     manifest = Path(manifest)
     df = load_bank(manifest)
-    src = pd.read_csv(manifest.parent / "sources.csv", keep_default_na=False) if (manifest.parent / "sources.csv").exists() else None
     meta = yaml.safe_load((manifest.parent / "bank.yaml").read_text())
-    cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None}
+    cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None, "downloads_dir": meta.get("downloads_dir") or None}
     sources, noise, _ = load_sources(cfg)
     cache = _AudioCache(pd.concat([sources, noise], ignore_index=True))
     rows = df if clip_ids is None else df[df["clip_id"].isin(list(clip_ids))]
-    del src
     return {r["clip_id"]: render_clip(r, cache) for r in rows.to_dict("records")}
 
 
