@@ -79,8 +79,9 @@ def _labels_to_y(labels: Sequence[Any], what: str) -> np.ndarray:
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of the two recalls (y, pred: True = speech)."""
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-    return 0.5 * (pred[y].mean() + (~pred[~y]).mean())
+    return float(0.5 * (pred[y].mean() + (~pred[~y]).mean()))
 
 
 def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
@@ -127,14 +128,17 @@ class SileroVAD:
     is therefore scored on a single zero-padded window. Clips with the same number of windows are run as
     one batch (same numbers as one by one, to float rounding); ``batch_size=1`` runs them singly.
     Importing/loading silero_vad sets ``torch.set_num_threads(1)``; the caller's thread count is
-    restored.
+    restored, after loading and after every ``score`` (which runs on ``num_threads`` threads, default 1).
     """
 
     kind = "silero"
     normalization = None  # takes clips as they come
 
-    def __init__(self, threshold: float = 0.5, batch_size: int = 64, name: str = "silero_vad") -> None:
-        with _keep_torch_threads():
+    def __init__(self, threshold: float = 0.5, batch_size: int = 64, num_threads: int | None = 1,
+                 name: str = "silero_vad") -> None:
+        with _keep_torch_threads(), warnings.catch_warnings():
+            # silero_vad's loader uses importlib.resources.path and torch.jit.load, both deprecated upstream
+            warnings.simplefilter("ignore", DeprecationWarning)
             from silero_vad import load_silero_vad
 
             self.model = load_silero_vad(onnx=False)  # the JIT model; onnxruntime is not a dependency
@@ -143,6 +147,7 @@ class SileroVAD:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_threads = num_threads
 
     @property
     def settings(self) -> str:
@@ -155,7 +160,15 @@ class SileroVAD:
         clips = [_as_clip(a, i) for i, a in enumerate(audios)]
         out: list[np.ndarray | None] = [None] * len(clips)
         n_windows = np.array([max(1, -(-len(c) // SILERO_WINDOW)) for c in clips])
-        with torch.inference_mode():
+        # optimized_execution(False): the JIT model would otherwise re-optimise itself for every new batch
+        # shape; plain execution is as fast here and predictable. One intra-op thread (num_threads=1, as
+        # Silero itself recommends) was several times faster than two for this tiny network on a busy
+        # 2-core machine; the caller's thread count is restored afterwards. no_grad, not inference_mode: the
+        # model keeps its state tensors between calls, and inference tensors would break a later call
+        # made outside inference mode.
+        with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
+            if self.num_threads:
+                torch.set_num_threads(int(self.num_threads))
             for nw in np.unique(n_windows):
                 idx = np.flatnonzero(n_windows == nw)
                 for start in range(0, len(idx), self.batch_size):
@@ -232,11 +245,15 @@ class _Fitted:
     kind = "?"
     default_name = "?"
 
-    def __init__(self, normalization: str = "none", seed: int = 0, name: str | None = None) -> None:
+    def __init__(self, normalization: str = "none", seed: int = 0, name: str | None = None,
+                 num_threads: int | None = 1) -> None:
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.normalization = normalization  # the load-time normalization its clips must have
         self.seed = int(seed)
+        # BLAS/OpenMP threads while computing features, fitting and scoring (None: the libraries' default).
+        # The work is many tiny arrays: on a busy 2-core machine one thread was 5-50x faster than two.
+        self.num_threads = num_threads
         self.name = name or self.default_name
         self.estimator: Any = None
         self.threshold = 0.5
@@ -265,18 +282,19 @@ class _Fitted:
         y_dev = _labels_to_y(dev_labels, "dev labels")
         if len(train_audios) != len(y_train) or len(dev_audios) != len(y_dev):
             raise ValueError("audios and labels differ in length")
-        x_train = self.features(train_audios)
-        est = self._make_estimator()
-        est.fit(x_train, y_train)
-        self.estimator = est
-        p_dev = self.score(dev_audios)
-        self.threshold = choose_threshold(p_dev, y_dev)
-        p_train = est.predict_proba(x_train)[:, 1]
+        with self._threads():
+            x_train = self.features(train_audios)
+            est = self._make_estimator()
+            est.fit(x_train, y_train)
+            self.estimator = est
+            p_dev = self.score(dev_audios)
+            self.threshold = choose_threshold(p_dev, y_dev)
+            p_train = est.predict_proba(x_train)[:, 1]
         self.fit_info = {
             "n_train": int(len(y_train)),
             "n_dev": int(len(y_dev)),
-            "train_balanced_accuracy": balanced_accuracy(y_train, p_train >= self.threshold),
-            "dev_balanced_accuracy": balanced_accuracy(y_dev, p_dev >= self.threshold),
+            "train_balanced_accuracy": float(balanced_accuracy(y_train, p_train >= self.threshold)),
+            "dev_balanced_accuracy": float(balanced_accuracy(y_dev, p_dev >= self.threshold)),
             "threshold_chosen_on": "dev",
         }
         return self
@@ -287,7 +305,15 @@ class _Fitted:
             raise RuntimeError(f"{self.name}: fit() or load it before scoring")
         if len(audios) == 0:
             return np.zeros(0)
-        return self.estimator.predict_proba(self.features(audios))[:, 1].astype(float)
+        with self._threads():
+            return self.estimator.predict_proba(self.features(audios))[:, 1].astype(float)
+
+    def _threads(self) -> contextlib.AbstractContextManager:
+        if not self.num_threads:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(int(self.num_threads))
 
     def save(self, system_dir: str | Path) -> dict[str, Any]:
         """Write ``model.joblib`` atomically into ``system_dir``; return the spec for system.yaml."""
@@ -340,8 +366,8 @@ class EnergyDetector(_Fitted):
     STATISTICS = ("max", "p90", "mean", "range")
 
     def __init__(self, statistic: str = "max", frame_ms: float = 20.0, hop_ms: float = 10.0,
-                 normalization: str = "none", seed: int = 0, name: str | None = None) -> None:
-        super().__init__(normalization, seed, name)
+                 normalization: str = "none", seed: int = 0, name: str | None = None, num_threads: int | None = 1) -> None:
+        super().__init__(normalization, seed, name, num_threads)
         if statistic not in self.STATISTICS:
             raise ValueError(f"statistic must be one of {self.STATISTICS}, got {statistic!r}")
         self.statistic = statistic
@@ -396,8 +422,9 @@ class LogMelClassifier(_Fitted):
     MODELS = ("logreg", "hgb")
 
     def __init__(self, n_mels: int = 40, n_fft: int = 400, hop_length: int = 160, model: str = "logreg",
-                 C: float = 1.0, normalization: str = "none", seed: int = 0, name: str | None = None) -> None:
-        super().__init__(normalization, seed, name)
+                 C: float = 1.0, normalization: str = "none", seed: int = 0, name: str | None = None,
+                 num_threads: int | None = 1) -> None:
+        super().__init__(normalization, seed, name, num_threads)
         if model not in self.MODELS:
             raise ValueError(f"model must be one of {self.MODELS}, got {model!r}")
         self.n_mels, self.n_fft, self.hop_length = int(n_mels), int(n_fft), int(hop_length)
@@ -456,7 +483,7 @@ def load_fitted(system_dir: str | Path, info: dict[str, Any], **options: Any) ->
     if kind != info.get("kind", kind):
         raise ValueError(f"{system_dir}: system.yaml says kind {info.get('kind')!r} but the model file holds {kind!r}")
     obj = FITTED[kind](**state["params"], normalization=state["normalization"], seed=state["seed"],
-                       name=info.get("name", state["name"]))
+                       name=info.get("name", state["name"]), num_threads=options.get("num_threads", 1))
     obj.estimator = state["estimator"]
     obj.threshold = float(state["threshold"])
     obj.fit_info = dict(state.get("fit_info", {}))
