@@ -90,3 +90,13 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (d / "manifest.csv").write_text("v2")
     assert (target / "manifest.csv").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank"]
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = io.write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
