@@ -616,6 +616,9 @@ class _AudioCache:
         self.table = table.drop_duplicates("source_id").set_index("source_id")
         self.cache: dict[str, np.ndarray] = {}
 
+    def path_of(self, sid: str) -> str:
+        return str(self.table.loc[sid, "path"]) if sid in self.table.index else "?"
+
     def get(self, row_or_id) -> np.ndarray:
         sid = row_or_id if isinstance(row_or_id, str) else row_or_id["source_id"]
         if sid not in self.cache:
@@ -673,7 +676,11 @@ def render_clip(row: Mapping[str, Any], cache: "_AudioCache", with_treated_signa
     else:
         raise ValueError(f"unknown noise_type {kind!r}; valid: {', '.join(audio.NOISE_TYPES)}")
     window = slice(pre, pre + n)
-    mix, s_c, n_c = audio.mix_at_snr(sig, nz, float(row["snr_db"]), return_components=True, window=window)
+    try:
+        mix, s_c, n_c = audio.mix_at_snr(sig, nz, float(row["snr_db"]), return_components=True, window=window)
+    except ValueError as e:  # e.g. a silent window: say which clip, source and file
+        what = row["noise_source_id"] if "noise is silent" in str(e) else row["source_id"]
+        raise ValueError(f"clip {row.get('clip_id', '')} from {what} ({cache.path_of(what)}): {e}") from e
     mix = audio.band_filter(mix, row["filter"])
     untreated = mix
     bl = row.get("bandlimit", "none") or "none"

@@ -417,3 +417,11 @@ def test_cpu_profile_bank_split_sizes(data_dir, tmp_path):
     assert counts["train"] >= 500 and counts["test"] >= 190
     assert_group_disjoint(plan)
     assert (plan.groupby(["split", "label"]).size().unstack().nunique(axis=1) == 1).all()  # classes balanced per split
+
+
+def test_silent_source_names_clip_and_file(synthetic_corpus, tmp_path):
+    root = copy_corpus(synthetic_corpus, tmp_path / "c")
+    for p in (root / "speech").glob("*.flac"):  # every speech file silent: whichever is picked fails
+        sf.write(str(p), np.zeros(int(1.3 * 16000), dtype=np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(ValueError, match=r"clip c\d+ from speech/s\d+_\d .*s\d+_\d\.flac\): signal is silent"):
+        data.build_bank(bank_cfg(root, tmp_path / "b"), progress=False)
