@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -367,6 +368,8 @@ def build_bank(cfg: Mapping[str, Any], *, force: bool = False, progress: bool = 
     with _lock(folder.parent / f".{h}.lock"):
         if _complete(folder) and not force:  # built by another process while we waited
             return manifest
+        for stale in folder.parent.glob(f".{h}.*.tmp"):  # left by a build that was killed (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         plan, sources_used, noise_used = plan_bank(params, sources, noise)
         with io.atomic_dir(folder) as tmp:
             (tmp / "audio").mkdir()
@@ -494,6 +497,9 @@ def _split_counts(total: int, fractions: Sequence[float]) -> list[int]:
     n = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - n), kind="stable")[: total - n.sum()]:
         n[i] += 1
+    while (n == 0).any() and total >= len(n):  # every split gets at least one clip per cell
+        n[int(np.argmax(n))] -= 1
+        n[int(np.argmin(n))] += 1
     return n.tolist()
 
 

@@ -425,3 +425,14 @@ def test_silent_source_names_clip_and_file(synthetic_corpus, tmp_path):
         sf.write(str(p), np.zeros(int(1.3 * 16000), dtype=np.float32), 16000, subtype="PCM_16")
     with pytest.raises(ValueError, match=r"clip c\d+ from speech/s\d+_\d .*s\d+_\d\.flac\): signal is silent"):
         data.build_bank(bank_cfg(root, tmp_path / "b"), progress=False)
+
+
+def test_leftovers_of_a_killed_build_are_cleared(synthetic_corpus, tmp_path):
+    cfg = bank_cfg(synthetic_corpus, tmp_path / "b", clips_per_cell=3, noise_types=["white"])
+    h = data.bank_hash(data.bank_params(cfg), data.load_sources(cfg)[2])
+    stale = tmp_path / "b" / f".{h}.abc123.tmp"
+    (stale / "audio").mkdir(parents=True)  # what SIGKILL mid-build leaves behind
+    (stale / "audio" / "c000000.wav").write_bytes(b"half")
+    m = data.build_bank(cfg, progress=False)
+    assert not stale.exists() and m.parent.name == h
+    data.load_bank(m)
