@@ -229,3 +229,10 @@ def test_find_finetuned_system(tmp_path):
     assert P.find_finetuned_system(tmp_path, "other")[0] == "qwen2audio-attn"
     with pytest.raises(ValueError, match="no LoRA system"):
         P.find_finetuned_system(tmp_path, name="energy")
+
+
+def test_optimizer_from_a_qwen2_audio_checkpoint_uses_its_language_model():
+    opt = P.TextOptimizer.from_pretrained(M.TINY, max_new_tokens=8)
+    assert "language model" in opt.name and opt.processor is not None
+    out = opt.propose(P.build_meta_prompt([(REF.instruction, 0.5)], REF), n=2, seed=1)
+    assert len(out) == 2 and out == opt.propose(P.build_meta_prompt([(REF.instruction, 0.5)], REF), n=2, seed=1)
