@@ -59,9 +59,9 @@ BANK_COLUMNS = [
     "noise_type", "rt60_s", "filter", "seed", "path",
 ]
 CORPUS_REQUIRED = ["path", "label", "category"]
-BANK_VERSION = 4  # bump when rendering changes, so old banks are not reused
+BANK_VERSION = 6  # bump when rendering changes, so old banks are not reused
 BANDLIMITS = ("none", "telephone", "lowpass_4000", "lowpass_5500")
-BANDLIMIT_TARGET_SHARE = 0.5  # with the treatment, about this share of each class is band-limited
+BANDLIMIT_SHARE = 0.5  # the treatment band-limits this share of each class's (unfiltered) clips
 ACTIVE_WINDOW_DB = 20.0  # windows are drawn among those within this many dB of the loudest one
 CONTEXT_PRE_S = 0.25  # context rendered before the clip (plus the RT60), so filters and reverb settle
 CONTEXT_POST_S = 0.1
@@ -593,23 +593,25 @@ def _pick_start(x: np.ndarray, n: int, rng: np.random.Generator, hop: int = 80) 
 
 
 def _assign_bandlimits(plan: pd.DataFrame, src: pd.DataFrame, params, rng) -> None:
-    """The band-limit treatment: band-limit a share of the full-band clips of BOTH classes (only rows
-    without a channel filter), so that about ``BANDLIMIT_TARGET_SHARE`` of each class (at least the
-    class with most band-limited-origin material) is band-limited and bandwidth no longer tells the
-    classes apart. Kinds: telephone band, low-pass 4 kHz, low-pass 5.5 kHz (like 8 and 11 kHz origins)."""
+    """The band-limit treatment: band-limit the same share (``BANDLIMIT_SHARE``) of the clips of BOTH
+    classes, whatever their origin, after mixing (only rows without a channel filter), so that
+    "band-limited" no longer tells the classes apart in what the model hears. The count is exact per
+    class; which clips, and the kind (telephone band, low-pass 4 kHz or 5.5 kHz, like the 8 and 11 kHz
+    origins), are drawn.
+
+    Why not "top up each class to the same share, counting band-limited origins"? Because the origin's
+    band limit sits under full-band noise in the mixture and mostly disappears, while the treatment,
+    applied after mixing, does not: topping up would band-limit more mixtures of the class with fewer
+    band-limited sources and create the cue it should remove."""
     plan["bandlimit"] = "none"
     if not params["bandlimit_augment"]:
         return
-    share = plan.groupby("label")["bandlimited_origin"].mean()
-    target = max(BANDLIMIT_TARGET_SHARE, float(share.max()))
     kinds = BANDLIMITS[1:]
     for lab in LABELS:
-        s = float(share.get(lab, 0.0))
-        p = 0.0 if s >= 1 else max(0.0, (target - s) / (1 - s))
-        idx = plan.index[(plan["label"] == lab) & (~plan["bandlimited_origin"]) & (plan["filter"] == "none")]
-        draw = rng.random(len(idx)) < p
-        choice = rng.integers(len(kinds), size=len(idx))
-        plan.loc[idx[draw], "bandlimit"] = [kinds[k] for k in choice[draw]]
+        eligible = plan.index[(plan["label"] == lab) & (plan["filter"] == "none")]
+        n = int(round(BANDLIMIT_SHARE * len(eligible)))
+        chosen = eligible[np.sort(rng.permutation(len(eligible))[:n])]
+        plan.loc[chosen, "bandlimit"] = [kinds[k] for k in rng.integers(len(kinds), size=len(chosen))]
 
 
 # ----------------------------------------------------------------------------------- rendering

@@ -237,6 +237,9 @@ def test_factorial_bank_is_balanced_exact_and_disjoint(syn_bank):
     per_split = df.groupby(["split", "duration_ms", "snr_db", "label"]).size().unstack("split")
     assert (per_split["train"] == 4).all() and (per_split["dev"] == 1).all() and (per_split["test"] == 1).all()
     assert set(df["noise_type"]) == {"white", "pink", "real"}
+    # the band-limit treatment: the same share of both classes
+    treated = df[df["filter"] == "none"].assign(t=lambda d: d["bandlimit"] != "none").groupby("label")["t"].mean()
+    assert (treated == 0.5).all()
     meta = yaml.safe_load((syn_bank.parent / "bank.yaml").read_text())
     assert meta["complete"] and meta["n_clips"] == len(df) and syn_bank.parent.name == meta["hash"]
 
