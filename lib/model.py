@@ -518,26 +518,19 @@ def _prefix_layer_class():
 
 
 def prompt_prefix(inputs, audio_token_id: int):
-    """``(prefix_ids, first_audio)``: the tokens before the audio if every row's are the same, else ``None``.
-
-    ``first_audio`` is each row's index of its first audio token (left padding: rows start at different places).
-    """
+    """The longest run of tokens that every row starts with (from its first real token: left padding), ending
+    before any audio token and before each row's last token; ``None`` if there is none."""
     import torch
 
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    is_audio = ids == audio_token_id
-    if not bool(is_audio.any(-1).all()):
-        return None
-    first_audio = is_audio.int().argmax(-1)
     n_pad = (mask.long().cumsum(-1) == 0).sum(-1)
-    lengths = first_audio - n_pad
-    n = int(lengths[0])
-    if n < 1 or not bool((lengths == n).all()):
+    longest = int(mask.long().sum(-1).min()) - 1
+    if longest < 1:
         return None
-    rows = ids.gather(1, n_pad[:, None] + torch.arange(n, device=ids.device)[None, :])
-    if not bool((rows == rows[:1]).all()):
-        return None
-    return rows[0].clone(), first_audio
+    window = ids.gather(1, n_pad[:, None] + torch.arange(longest, device=ids.device)[None, :])
+    same = (window == window[:1]).all(0) & (window != audio_token_id).all(0)
+    n = longest if bool(same.all()) else int((~same).int().argmax())
+    return window[0, :n].clone() if n >= 1 else None
 
 
 class SharedPrefix:
@@ -564,10 +557,23 @@ class SharedPrefix:
         self.audio_token_id = base.config.audio_token_id
 
     @classmethod
+    def for_prompt(cls, model, processor, prompt: str = DEFAULT_PROMPT) -> "SharedPrefix | None":
+        """The chat-templated prompt's tokens before its audio placeholder (``None`` if the audio comes first).
+
+        The placeholder is a special token, so the text before it tokenizes the same alone as in the full prompt.
+        """
+        import torch
+
+        audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+        head = prompt_text(processor, prompt).split(audio_token)[0]
+        ids = processor.tokenizer(head, add_special_tokens=False).input_ids
+        return cls(model, torch.as_tensor(ids, dtype=torch.long)) if ids else None
+
+    @classmethod
     def from_inputs(cls, model, inputs) -> "SharedPrefix | None":
-        """The prefix of a batch of processor inputs, or ``None`` when rows differ before their audio."""
+        """The prefix all rows of a batch share before their audio (:func:`prompt_prefix`), or ``None``."""
         found = prompt_prefix(inputs, unwrap(model).config.audio_token_id)
-        return None if found is None else cls(model, found[0])
+        return None if found is None else cls(model, found)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -586,14 +592,19 @@ class SharedPrefix:
         ones in front) and the cache to pass as ``past_key_values``. Raises if the inputs have another prefix."""
         import torch
 
-        found = prompt_prefix(inputs, self.audio_token_id)
-        if found is None or not torch.equal(found[0].cpu(), self.ids):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        n = len(self)
+        n_pad = (mask.long().cumsum(-1) == 0).sum(-1)
+        if int(mask.long().sum(-1).min()) <= n:
+            raise ValueError("these inputs do not start with this shared prefix (a row is no longer than it)")
+        rows = ids.gather(1, n_pad[:, None] + torch.arange(n, device=ids.device)[None, :])
+        if not bool((rows.cpu() == self.ids[None, :]).all()) or bool((rows == self.audio_token_id).any()):
             raise ValueError("these inputs do not start with this shared prefix (another prompt or processor)")
-        first_audio = found[1]
-        start = int(first_audio.min())
-        mask = inputs["attention_mask"][:, start:].clone()
+        rest_start = n_pad + n
+        start = int(rest_start.min())
+        mask = mask[:, start:].clone()
         cols = torch.arange(mask.shape[1], device=mask.device)[None, :]
-        mask[cols < (first_audio - start)[:, None]] = 0  # rows that start later: their own prefix copy, masked
+        mask[cols < (rest_start - start)[:, None]] = 0  # rows that start later: their own prefix copy, masked
         ones = torch.ones((mask.shape[0], len(self)), dtype=mask.dtype, device=mask.device)
         rest = dict(inputs)
         rest["input_ids"] = inputs["input_ids"][:, start:]
@@ -690,7 +701,7 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
                 else:
                     inputs = make(idx)
                 if shared_prefix and prefix is None:
-                    prefix = SharedPrefix.from_inputs(model, inputs)
+                    prefix = SharedPrefix.for_prompt(model, processor, prompt)
                     shared_prefix = prefix is not None
                 out = answer_logits(model, inputs, ids, prefix=prefix)
                 if pool is None:

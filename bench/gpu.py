@@ -1,0 +1,671 @@
+"""GPU benchmark of the book's model path on the Qwen2-Audio-7B architecture with random weights.
+
+    python -m bench.gpu            # the full run (about 6 minutes on an H100)
+    python -m bench.gpu --quick    # fewer clips, the plain recipe for one epoch only (about 3 minutes)
+    python -m bench.gpu --small --device cpu   # a dry run of every step on a reduced config, on the CPU
+
+One run prints, side by side, for bf16 and NF4:
+
+* scoring clips/s, the plain Hugging Face path (features padded to 30 s, the stock encoder, HF's own forward
+  with the full ``lm_head`` at every position, batches in the given order) against the book's path
+  (:func:`lib.model.score`: the clip's own frames, the short encoder, the shared prompt prefix, two head rows,
+  length buckets, the next batch prepared while the GPU runs), for 200 ms clips, 1 s clips and a 200-1000 ms
+  mix, at batch 1 and at the best batch (swept on the mix). ``e2e`` figures time everything from the WAV files
+  on disk to the logits on the host (the book's loader :func:`lib.data.load_clip`, feature extraction,
+  tokenization, transfers, the forward passes); ``gpu`` figures time the forward passes alone, inputs ready;
+* the seed recipe's wall time (128 clips x 3 epochs, LoRA r=16 on q,k,v,o, effective batch 16, lr 2e-4 cosine):
+  plain (HF forward with labels, micro-batch 2 x accumulation 8, padded encoder) against the book's
+  :func:`lib.train.train` (micro-batch 16, short encoder, frozen encoder without autograd); end to end from the
+  WAV files, checkpoints included;
+* the peak GPU memory of each figure, and each figure's ratio to its bound: the larger of the FLOP floor (the
+  least arithmetic the task needs, counted from the config and the clips' token counts by
+  :mod:`lib.architecture`, over the bf16 matrix-product rate measured in the same run) and the byte floor (the
+  weights read once per forward pass, over the copy bandwidth measured in the same run);
+* a check that the short-encoder path gives the padded path's logits within tolerance and the same decisions
+  on every clip, on the 7B in fp32 (TF32 off) and in bf16.
+
+Results go to ``$OUT`` (or ``bench/out``): ``bench_gpu.json`` (every number), ``bench_gpu.md`` (the tables),
+``log.txt``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from lib import architecture as A
+from lib import model as M
+
+SR = 16000
+SETS = ("200ms", "1s", "mix")
+LOG: list[str] = []
+
+
+def log(*parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    LOG.append(line)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float | None:
+    import torch
+
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return None
+
+
+def free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def env_info(device: str) -> dict:
+    import torch
+    import transformers
+
+    info = {"date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
+            "device": device}
+    for name in ("peft", "bitsandbytes", "accelerate"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception as err:  # noqa: BLE001
+            info[name] = f"missing ({type(err).__name__})"
+    if device.startswith("cuda"):
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count,
+                    cuda=torch.version.cuda)
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception:  # noqa: BLE001
+            info["driver"] = "?"
+    else:
+        info["gpu"] = "none (CPU dry run)"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- ceilings
+def measure_ceilings(device: str, small: bool) -> dict:
+    """The bf16 matrix-product rate (random operands, rotated among 3 sets) and the device-to-device copy
+    bandwidth (bytes read + written), measured here; they are the ceilings every bound uses."""
+    import torch
+
+    n = 1024 if small else 8192
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    ops = [(torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype))
+           for _ in range(3)]
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    for a, b in ops:
+        torch.matmul(a, b, out=out)
+    sync(device)
+    rates = []
+    reps = 3 if small else 30
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(reps):
+            a, b = ops[i % 3]
+            torch.matmul(a, b, out=out)
+        sync(device)
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t0))
+    del ops, out
+    nbytes = (64 if small else 2048) * 2**20
+    src = torch.randint(0, 255, (nbytes,), device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    bws = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            dst.copy_(src)
+        sync(device)
+        bws.append(2 * nbytes * 10 / (time.perf_counter() - t0))
+    del src, dst
+    free(device)
+    return {"matmul_flops": float(np.median(rates)), "matmul_flops_all": rates, "matmul_n": n,
+            "matmul_dtype": str(dtype), "copy_bytes_per_s": float(np.median(bws)), "copy_all": bws}
+
+
+# -------------------------------------------------------------------------------------------------- clips
+def synth_clip(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(n) / SR
+    x = 0.2 * rng.uniform(0.2, 1.0) * np.sin(2 * np.pi * rng.uniform(80, 3000) * t + rng.uniform(0, 6.3))
+    x = x + 0.05 * rng.standard_normal(n)
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+def make_sets(root: Path, n: int, seed: int = 0) -> dict[str, list[Path]]:
+    """WAV files of 200 ms clips, 1 s clips and a 200-1000 ms mix, ``n`` of each (lib.audio.write_audio)."""
+    from lib import audio
+
+    rng = np.random.default_rng(seed)
+    lengths = {"200ms": [3200] * n, "1s": [16000] * n, "mix": list(rng.integers(3200, 16001, n))}
+    sets = {}
+    for name, lens in lengths.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        sets[name] = [audio.write_audio(folder / f"{i:05d}.wav", synth_clip(int(k), rng)) for i, k in enumerate(lens)]
+    return sets
+
+
+def load(paths) -> list[np.ndarray]:
+    """The book's loader: lib.data.load_clip (soundfile, checks, rms normalization at load time)."""
+    from lib import data
+
+    return [data.load_clip(p, "rms") for p in paths]
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+@contextlib.contextmanager
+def stock_encoder(model):
+    """The plain Hugging Face audio encoder (30-s inputs only) for the duration of the block."""
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+    tower = M.unwrap(model).model.audio_tower
+    cls = tower.__class__
+    tower.__class__ = Qwen2AudioEncoder
+    try:
+        yield
+    finally:
+        tower.__class__ = cls
+
+
+def _device_inputs(inputs, device: str, keep_ids_on_host: bool):
+    out = {}
+    for k, v in inputs.items():
+        if hasattr(v, "to") and not (keep_ids_on_host and k in ("input_ids", "attention_mask")):
+            v = v.to(device)
+        out[k] = v
+    return out
+
+
+def plain_score(model, processor, audios, batch: int, device: str) -> np.ndarray:
+    """The plain HF path: processor defaults (30-s padding), the stock encoder, ``model(**inputs)`` with the full
+    ``lm_head`` at every position, the A/B logits read at the last position; batches in the given order."""
+    import torch
+
+    ids = list(M.answer_token_ids(processor.tokenizer))
+    out = np.zeros((len(audios), 2), dtype=np.float32)
+    with stock_encoder(model), torch.inference_mode():
+        for i in range(0, len(audios), batch):
+            inputs = M.make_inputs(processor, audios[i:i + batch], short_encoder=False)
+            inputs = _device_inputs(inputs, device, keep_ids_on_host=False)
+            out[i:i + batch] = model(**inputs).logits[:, -1, ids].float().cpu().numpy()
+    return out
+
+
+def book_score(model, processor, audios, batch: int, device: str) -> np.ndarray:
+    return M.score(model, processor, audios, batch_size=batch).logits
+
+
+def gpu_side(model, processor, audios, batch: int, path: str, device: str) -> dict:
+    """The forward passes alone: inputs made and moved to the device first (untimed), one warm-up batch."""
+    import torch
+
+    cfg = M.unwrap(model).config
+    ids = M.answer_token_ids(processor.tokenizer)
+    t_prep = time.perf_counter()
+    if path == "book":
+        groups = M.length_buckets([len(a) for a in audios], batch)
+        batches = [M.make_inputs(processor, [audios[i] for i in g], short_encoder=True) for g in groups]
+        batches = [_device_inputs(x, device, keep_ids_on_host=True) for x in batches]
+    else:
+        batches = [_device_inputs(M.make_inputs(processor, audios[i:i + batch], short_encoder=False), device, False)
+                   for i in range(0, len(audios), batch)]
+    sync(device)
+    t_prep = time.perf_counter() - t_prep
+
+    def run(xs):
+        with torch.inference_mode():
+            if path == "book":
+                prefix = M.SharedPrefix.for_prompt(model, processor)
+                outs = [M.answer_logits(model, x, ids, prefix=prefix) for x in xs]
+                return outs, len(prefix)
+            with stock_encoder(model):
+                return [model(**x).logits[:, -1, list(ids)] for x in xs], 0
+
+    run(batches[:1])
+    sync(device)
+    t0 = time.perf_counter()
+    outs, prefix_len = run(batches)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    flops = sum(A.flops_of_batch(cfg, x, prefix_len=prefix_len, full_head=(path == "plain")) for x in batches)
+    del outs, batches
+    return {"seconds": seconds, "clips_per_s": len(audios) / seconds, "flops_executed": int(flops), "prep_s": t_prep}
+
+
+def prompt_tokens(processor) -> tuple[int, int, int]:
+    """(text tokens of the prompt, tokens before the audio, tokens of the answer turn)."""
+    tok = processor.tokenizer
+    text = M.prompt_text(processor)
+    ids = tok(text, add_special_tokens=False).input_ids
+    audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+    n_text = len(ids) - ids.count(audio_id)
+    prefix = ids.index(audio_id)
+    suffix = len(tok(M.answer_suffix(processor, M.DEFAULT_PROMPT, "A"), add_special_tokens=False).input_ids)
+    return n_text, prefix, suffix
+
+
+def sweep_batch(model, processor, audios, path: str, candidates, device: str, mem_cap_gib: float | None = None):
+    """Best batch size by GPU-side clips/s on the mix (among those whose peak memory stays under ``mem_cap_gib``);
+    stops at an out-of-memory error, past the cap, or when a larger batch stops paying twice."""
+    rows, best, best_rate = [], candidates[0], 0.0
+    worse = 0
+    for b in candidates:
+        n = min(len(audios), max(2 * b, 4 * candidates[0]))
+        reset_peak(device)
+        try:
+            r = gpu_side(model, processor, audios[:n], b, path, device)
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err):
+                raise
+            rows.append({"batch": b, "error": "out of memory"})
+            free(device)
+            break
+        peak = peak_gib(device)
+        rows.append({"batch": b, "n_clips": n, "gpu_clips_per_s": round(r["clips_per_s"], 1), "peak_gib": peak})
+        log(f"    sweep {path} batch {b:4d}: {r['clips_per_s']:8.1f} clips/s (gpu side, {n} clips), peak {peak} GiB")
+        if mem_cap_gib is not None and peak is not None and peak > mem_cap_gib:
+            rows[-1]["over_cap"] = True
+            break
+        if r["clips_per_s"] > best_rate * 1.01:
+            best, best_rate, worse = b, r["clips_per_s"], 0
+        else:
+            worse += 1
+            if worse >= 2:
+                break
+        free(device)
+    return best, rows
+
+
+def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) -> list[dict]:
+    cfg = M.unwrap(model).config
+    device, ceil = ctx["device"], ctx["ceilings"]
+    n_text, n_prefix, _ = ctx["prompt"]
+    wbytes = A.weight_bytes(M.unwrap(model))
+    scorer = book_score if path == "book" else plain_score
+    mix_audios = load(sets["mix"][:ctx["n_sweep"]])
+    candidates = ctx["book_batches"] if path == "book" else ctx["plain_batches"]
+    cap = ctx["nf4_mem_cap_gib"] if (dtype == "nf4" and path == "book") else None
+    best, sweep_rows = sweep_batch(model, processor, mix_audios, path, candidates, device, cap)
+    log(f"  {dtype} {path}: best batch {best}")
+    rows = []
+    for name in SETS:
+        for batch in (1, best):
+            n = ctx["n_batch1"] if batch == 1 else (ctx["n_book"] if path == "book" else max(ctx["n_plain"], 2 * best))
+            paths = sets[name][:n]
+            scorer(model, processor, load(paths[:min(batch, 8)]), batch, device)  # warm-up
+            reset_peak(device)
+            sync(device)
+            t0 = time.perf_counter()
+            audios = load(paths)
+            t_load = time.perf_counter() - t0
+            logits = scorer(model, processor, audios, batch, device)
+            sync(device)
+            e2e = time.perf_counter() - t0
+            peak = peak_gib(device)
+            g = gpu_side(model, processor, audios, batch, path, device)
+            bound_flops = sum(A.clip_bound_flops(cfg, len(a), n_text, n_prefix) for a in audios)
+            full_prompt_flops = sum(A.clip_bound_flops(cfg, len(a), n_text, 0) for a in audios)
+            floor_bytes = math.ceil(n / batch) * wbytes
+            bound_s = max(bound_flops / ceil["matmul_flops"], floor_bytes / ceil["copy_bytes_per_s"])
+            row = {"dtype": dtype, "path": path, "clips": name, "batch": batch, "n_clips": n,
+                   "e2e_s": round(e2e, 3), "load_s": round(t_load, 3), "e2e_clips_per_s": round(n / e2e, 1),
+                   "gpu_s": round(g["seconds"], 3), "gpu_clips_per_s": round(g["clips_per_s"], 1),
+                   "inputs_s": round(g["prep_s"], 3),  # making + moving all inputs in one thread, untimed in gpu_s
+                   "peak_gib": peak, "flops_bound": int(bound_flops), "flops_bound_full_prompt": int(full_prompt_flops),
+                   "flops_executed": g["flops_executed"], "bytes_floor": int(floor_bytes),
+                   "bound_kind": "flop" if bound_flops / ceil["matmul_flops"] >= floor_bytes / ceil["copy_bytes_per_s"] else "byte",
+                   "bound_s": bound_s, "bound_clips_per_s": round(n / bound_s, 1),
+                   "e2e_over_bound": round(e2e / bound_s, 2), "gpu_over_bound": round(g["seconds"] / bound_s, 2),
+                   "gpu_tflops_executed": round(g["flops_executed"] / g["seconds"] / 1e12, 1),
+                   "finite": bool(np.isfinite(logits).all())}
+            rows.append(row)
+            log(f"  {dtype:5s} {path:5s} {name:5s} batch {batch:4d}: e2e {row['e2e_clips_per_s']:8.1f} clips/s "
+                f"(load {t_load:.2f}s of {e2e:.2f}s; inputs alone {g['prep_s']:.2f}s), gpu {row['gpu_clips_per_s']:8.1f} clips/s, peak {peak} GiB, "
+                f"bound {row['bound_clips_per_s']:.0f} clips/s ({row['bound_kind']}), gpu/bound {row['gpu_over_bound']}, "
+                f"executed {row['gpu_tflops_executed']} TFLOP/s")
+            free(device)
+    ctx.setdefault("sweeps", []).append({"dtype": dtype, "path": path, "best": best, "rows": sweep_rows})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- training
+def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool = False):
+    from lib import train as T
+
+    return T.TrainConfig(lora_variant="attn", lora_r=16, lora_alpha=32, lora_dropout=0.05, extra_trainable=[],
+                         loss_masking=True, epochs=epochs, learning_rate=2e-4, micro_batch_size=micro,
+                         grad_accum_steps=accum, lr_schedule="cosine", warmup_ratio=0.05, checkpoint_every_steps=200,
+                         seed=0, gradient_checkpointing=gradient_checkpointing)
+
+
+def plain_train(peft_model, processor, audios, labels, tc, device: str) -> list[float]:
+    """The seed's way: HF forward with labels (full lm_head at every position, loss on the answer token), padded
+    30-s features through the stock encoder, micro-batches with gradient accumulation, AdamW, cosine schedule."""
+    import torch
+    from transformers import get_scheduler
+
+    from lib import train as T
+
+    answers = [T.LABEL_TO_ANSWER[x] for x in labels]
+    n = len(audios)
+    steps_per_epoch = math.ceil(math.ceil(n / tc.micro_batch_size) / tc.grad_accum_steps)
+    total = steps_per_epoch * tc.epochs
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    sched = get_scheduler(tc.lr_schedule, opt, num_warmup_steps=math.ceil(tc.warmup_ratio * total),
+                          num_training_steps=total)
+    suffix = len(processor.tokenizer(M.answer_suffix(processor, tc.prompt, "A"), add_special_tokens=False).input_ids)
+    losses = []
+    peft_model.train()
+    with stock_encoder(peft_model):
+        for epoch in range(tc.epochs):
+            order = np.random.default_rng([tc.seed, epoch]).permutation(n)
+            micro = [order[i:i + tc.micro_batch_size] for i in range(0, n, tc.micro_batch_size)]
+            for s in range(0, len(micro), tc.grad_accum_steps):
+                group = micro[s:s + tc.grad_accum_steps]
+                opt.zero_grad(set_to_none=True)
+                total_loss = 0.0
+                for idx in group:
+                    inputs = M.make_inputs(processor, [audios[i] for i in idx], tc.prompt, short_encoder=False,
+                                           answers=[answers[i] for i in idx])
+                    inputs = _device_inputs(inputs, device, keep_ids_on_host=False)
+                    lab = torch.full_like(inputs["input_ids"], -100)
+                    pos = inputs["input_ids"].shape[1] - suffix
+                    lab[:, pos] = inputs["input_ids"][:, pos]
+                    loss = peft_model(**inputs, labels=lab).loss
+                    (loss / len(group)).backward()
+                    total_loss += float(loss.detach()) / len(group)
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                opt.step()
+                sched.step()
+                losses.append(total_loss)
+    peft_model.eval()
+    return losses
+
+
+def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, ctx: dict, epochs_run: int | None = None):
+    """Wall time of the recipe from the WAV files to the trained adapter (LoRA set-up, loading, features, steps,
+    the book's checkpoints); the LoRA is removed again afterwards (the base weights are untouched)."""
+    from lib import train as T
+
+    device, ceil = ctx["device"], ctx["ceilings"]
+    cfg = M.unwrap(model).config
+    n_text, _, n_suffix = ctx["prompt"]
+    reset_peak(device)
+    sync(device)
+    t0 = time.perf_counter()
+    peft_model = T.apply_lora(model, tc)
+    audios = load(paths)
+    if path == "book":
+        with tempfile.TemporaryDirectory() as tmp:
+            res = T.train(peft_model, processor, audios, labels, tc, tmp, progress=False)
+        losses = res.history["loss"].tolist()
+    else:
+        losses = plain_train(peft_model, processor, audios, labels, tc, device)
+    sync(device)
+    wall = time.perf_counter() - t0
+    peak = peak_gib(device)
+    lora_params = T.parameter_counts(peft_model)["trainable_params"]
+    base = peft_model.unload()
+    if tc.gradient_checkpointing:
+        base.gradient_checkpointing_disable()
+    bound_flops = tc.epochs * sum(A.clip_train_bound_flops(cfg, len(a), n_text + n_suffix, lora_params) for a in audios)
+    wbytes = A.weight_bytes(M.unwrap(base))
+    n_micro = tc.epochs * math.ceil(len(audios) / tc.micro_batch_size)
+    floor_bytes = 2 * n_micro * wbytes  # forward + backward each read the weights once
+    bound_s = max(bound_flops / ceil["matmul_flops"], floor_bytes / ceil["copy_bytes_per_s"])
+    row = {"dtype": dtype, "path": path, "micro_batch": tc.micro_batch_size, "grad_accum": tc.grad_accum_steps,
+           "gradient_checkpointing": tc.gradient_checkpointing, "epochs": tc.epochs, "clips": len(audios),
+           "wall_s": round(wall, 2), "peak_gib": peak, "flops_bound": int(bound_flops), "bytes_floor": int(floor_bytes),
+           "bound_s": round(bound_s, 3), "wall_over_bound": round(wall / bound_s, 1),
+           "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
+           "finite": bool(np.isfinite(losses).all()), "trainable_params": lora_params}
+    log(f"  {dtype:5s} {path:5s} train micro {tc.micro_batch_size:2d} x accum {tc.grad_accum_steps}"
+        f"{' +gc' if tc.gradient_checkpointing else ''} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
+        f"bound {bound_s:.2f} s, ratio {row['wall_over_bound']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    del peft_model
+    free(device)
+    return base, row
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def equivalence_check(model, processor, clips, device: str, label: str) -> dict:
+    """Short-encoder + shared-prefix path vs the padded path (same code, 30-s features) vs HF's own forward."""
+    ref = M.score(model, processor, clips, batch_size=8, short_encoder=False, shared_prefix=False, prefetch=False).logits
+    short = M.score(model, processor, clips, batch_size=8, shared_prefix=False, prefetch=False).logits
+    book = M.score(model, processor, clips, batch_size=8).logits
+    hf_idx = [i for i, c in enumerate(clips) if len(c) >= 0.06 * SR]  # HF's merge differs under 60 ms
+    hf = plain_score(model, processor, [clips[i] for i in hf_idx], 8, device)
+
+    def cmp(a, b):
+        d = np.abs(a - b)
+        return {"max_abs": float(d.max()), "rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+                "same_decisions": int(((a[:, 0] >= a[:, 1]) == (b[:, 0] >= b[:, 1])).sum()), "n": int(len(a))}
+
+    margin = np.abs(ref[:, 0] - ref[:, 1])
+    out = {"dtype": label, "n_clips": len(clips), "durations_ms": sorted({round(len(c) / 16) for c in clips}),
+           "short_vs_padded": cmp(short, ref), "book_vs_padded": cmp(book, ref),
+           "padded_vs_hf_forward": cmp(ref[hf_idx], hf), "min_margin": float(margin.min()),
+           "median_margin": float(np.median(margin)), "logit_scale": float(np.abs(ref).max()),
+           "speech_share": float(np.mean(ref[:, 0] >= ref[:, 1]))}
+    for k in ("short_vs_padded", "book_vs_padded", "padded_vs_hf_forward"):
+        c = out[k]
+        log(f"  check {label}: {k:21s} max |d logit| {c['max_abs']:.2e}, rel {c['rel_l2']:.2e}, "
+            f"same decisions {c['same_decisions']}/{c['n']}")
+    log(f"  check {label}: |logit_A - logit_B| min {out['min_margin']:.3g}, median {out['median_margin']:.3g}; "
+        f"logit scale {out['logit_scale']:.3g}; share A {out['speech_share']:.2f}")
+    return out
+
+
+def check_clips(n: int, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    durs = [20, 50, 100, 200, 500, 1000]
+    lens = [int(durs[i % len(durs)] * 16) for i in range(n // 2)] + list(rng.integers(320, 16001, n - n // 2))
+    return [synth_clip(k, rng) for k in lens]
+
+
+# ------------------------------------------------------------------------------------------------- report
+def markdown(res: dict) -> str:
+    e, c = res["env"], res["ceilings"]
+    lines = [f"Run {e['date_utc']} UTC on {e.get('gpu')} (driver {e.get('driver', '-')}, CUDA {e.get('cuda', '-')}), "
+             f"torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, bitsandbytes {e['bitsandbytes']}, "
+             f"{e['cpu_count']} CPU cores; mode: {res['mode']}.",
+             "", f"Ceilings measured in the run: bf16 matrix product {c['matmul_flops'] / 1e12:.0f} TFLOP/s "
+             f"({c['matmul_n']}^3, random operands); device copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write).", ""]
+    if res.get("scoring"):
+        lines += ["| dtype | path | clips | batch | e2e clips/s | gpu clips/s | load s / e2e s | peak GiB | bound clips/s | "
+                  "e2e / bound | gpu / bound | executed TFLOP/s |", "|" + "---|" * 12]
+        for r in res["scoring"]:
+            lines.append(f"| {r['dtype']} | {r['path']} | {r['clips']} | {r['batch']} | {r['e2e_clips_per_s']} | "
+                         f"{r['gpu_clips_per_s']} | {r['load_s']} / {r['e2e_s']} | {r['peak_gib']} | "
+                         f"{r['bound_clips_per_s']} ({r['bound_kind']}) | {r['e2e_over_bound']} | {r['gpu_over_bound']} | "
+                         f"{r['gpu_tflops_executed']:.3g} |")
+        lines.append("")
+    if res.get("training"):
+        lines += ["| dtype | path | micro x accum | grad. ckpt | epochs | wall s (e2e) | peak GiB | bound s | wall / bound | "
+                  "loss first -> last |", "|" + "---|" * 10]
+        for r in res["training"]:
+            lines.append(f"| {r['dtype']} | {r['path']} | {r['micro_batch']} x {r['grad_accum']} | "
+                         f"{'yes' if r['gradient_checkpointing'] else 'no'} | {r['epochs']} | {r['wall_s']} | {r['peak_gib']} | "
+                         f"{r['bound_s']} | {r['wall_over_bound']} | {r['first_loss']} -> {r['last_loss']} |")
+        lines.append("")
+    for chk in res.get("checks", []):
+        parts = [f"{k}: max |d| {chk[k]['max_abs']:.1e}, rel {chk[k]['rel_l2']:.1e}, same decisions "
+                 f"{chk[k]['same_decisions']}/{chk[k]['n']}" for k in ("short_vs_padded", "book_vs_padded", "padded_vs_hf_forward")]
+        lines.append(f"- check {chk['dtype']} ({chk['n_clips']} clips, {min(chk['durations_ms'])}-{max(chk['durations_ms'])} ms; "
+                     f"min |logit_A - logit_B| {chk['min_margin']:.2g}): " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def save(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / "bench_gpu.md").write_text(markdown(res) if res.get("ceilings") else "")
+    (out / "log.txt").write_text("\n".join(LOG) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer clips; the plain recipe for one epoch only")
+    ap.add_argument("--small", action="store_true", help="a reduced config (dry run of every step, e.g. on the CPU)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
+    ap.add_argument("--only", default="check,scoring,training", help="comma list of: check, scoring, training")
+    ap.add_argument("--dtypes", default="bf16,nf4")
+    ap.add_argument("--paths", default="plain,book")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    device = args.device
+    out = Path(args.out)
+    only = set(args.only.split(","))
+    dtypes = args.dtypes.split(",")
+    paths = args.paths.split(",")
+    if not device.startswith("cuda") and "nf4" in dtypes:
+        dtypes = [d for d in dtypes if d != "nf4"]
+        log("NF4 needs CUDA (bitsandbytes): left out of this run")
+    res: dict = {"mode": ("quick" if args.quick else "full") + (" small-config" if args.small else ""), "env": env_info(device)}
+    log(json.dumps(res["env"]))
+    config = (A.small_config(audio={"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128},
+                             text={"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 4})
+              if args.small else A.config_7b())
+    res["config"] = A.describe(config)
+    res["parameters"] = A.parameter_counts(config)
+    log("config:", res["config"], "| parameters:", res["parameters"])
+    q, s = args.quick, args.small
+    ctx = {"device": device,
+           "n_sweep": 64 if s else (512 if q else 1024),
+           "n_batch1": 8 if s else (24 if q else 48),
+           "n_book": 64 if s else (1024 if q else 2048),
+           "n_plain": 16 if s else (96 if q else 192),
+           "book_batches": [8, 16, 32] if s else [32, 64, 128, 256, 512],
+           "plain_batches": [4, 8] if s else [16, 48, 96],
+           "nf4_mem_cap_gib": 7.5}  # NF4 scoring target: under 8 GiB peak; the sweep picks the fastest batch under 7.5
+    t_start = time.perf_counter()
+    processor = A.processor_7b()
+    ctx["prompt"] = prompt_tokens(processor)
+    res["prompt_tokens"] = dict(zip(("text", "before_audio", "answer_turn"), ctx["prompt"]))
+    log("prompt tokens:", res["prompt_tokens"])
+    res["ceilings"] = ctx["ceilings"] = measure_ceilings(device, s)
+    log(f"ceilings: matmul {res['ceilings']['matmul_flops'] / 1e12:.1f} TFLOP/s, copy "
+        f"{res['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s")
+    res["scoring"], res["training"], res["checks"] = [], [], []
+    save(res, out)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            n_files = max(ctx["n_book"], ctx["n_sweep"], 128)
+            sets = make_sets(Path(tmp), n_files)
+            if "check" in only:
+                log("== check fp32 (TF32 off)")
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+                model = A.build_random_model(config, device=device, torch_dtype="float32")
+                res["checks"].append(equivalence_check(model, processor, check_clips(16 if s else 48), device, "fp32"))
+                torch.backends.cudnn.allow_tf32 = True
+                del model
+                free(device)
+                save(res, out)
+            t0 = time.perf_counter()
+            model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+            sync(device)
+            res["build_bf16_s"] = round(time.perf_counter() - t0, 2)
+            log(f"built bf16 model in {res['build_bf16_s']} s, weights {A.weight_bytes(model) / 2**30:.2f} GiB")
+            for dtype in dtypes:
+                if dtype == "nf4":
+                    t0 = time.perf_counter()
+                    A.quantize_nf4_(model, "bfloat16")
+                    sync(device)
+                    res["quantize_nf4_s"] = round(time.perf_counter() - t0, 2)
+                    log(f"quantized to NF4 in {res['quantize_nf4_s']} s, weights {A.weight_bytes(model) / 2**30:.2f} GiB")
+                if "check" in only:
+                    log(f"== check {dtype}")
+                    res["checks"].append(equivalence_check(model, processor, check_clips(16 if s else 48), device, dtype))
+                    save(res, out)
+                if "scoring" in only:
+                    log(f"== scoring {dtype}")
+                    for path in paths:
+                        res["scoring"] += scoring_figures(model, processor, sets, dtype, path, ctx)
+                        save(res, out)
+                if "training" in only:
+                    log(f"== training {dtype}")
+                    rng = np.random.default_rng(0)
+                    train_paths = sets["mix"][:128]
+                    labels = list(rng.choice(["speech", "nonspeech"], 128))
+                    runs = []
+                    if "plain" in paths:
+                        runs.append(("plain", recipe(2, 8, epochs=1 if q else 3)))
+                    if "book" in paths:
+                        runs.append(("book", recipe(16, 1)))
+                        if dtype == "nf4":
+                            runs.append(("book", recipe(16, 1, gradient_checkpointing=True)))
+                    for path, tc in runs:
+                        try:
+                            model, row = training_figure(model, processor, train_paths, labels, dtype, path, tc, ctx)
+                        except Exception as err:  # noqa: BLE001
+                            if not is_oom(err):
+                                raise
+                            log(f"  {dtype} {path} training: out of memory")
+                            row = {"dtype": dtype, "path": path, "error": "out of memory"}
+                            free(device)
+                        res["training"].append(row)
+                        save(res, out)
+    except Exception:  # noqa: BLE001 - keep what was measured
+        res["error"] = traceback.format_exc()
+        log(res["error"])
+    res["total_s"] = round(time.perf_counter() - t_start, 1)
+    save(res, out)
+    log("")
+    log(markdown(res))
+    log(f"total {res['total_s']} s; results in {out}")
+    return 1 if "error" in res else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

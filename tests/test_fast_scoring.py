@@ -1,0 +1,85 @@
+"""The GPU speed-ups of lib.model.score change nothing beyond float noise (checked here on the CPU, fp32).
+
+* shared prompt prefix: the tokens before the audio computed once, reused as cached keys/values;
+* prefetch: the next batch's inputs built in a worker thread, results copied back at the end.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lib import model as M  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return M.load_model(M.TINY)
+
+
+def _clips(seed=0):
+    rng = np.random.default_rng(seed)
+    lens = [320, 800, 1600, 3200, 8000, 16000] + list(rng.integers(320, 16001, 9))
+    return [(0.2 * rng.standard_normal(int(k))).astype(np.float32) for k in lens]
+
+
+def test_shared_prefix_and_prefetch_give_the_plain_loops_scores(tiny):
+    model, processor = tiny
+    clips = _clips()
+    ref = M.score(model, processor, clips, batch_size=1, shared_prefix=False, prefetch=False)
+    padded = M.score(model, processor, clips, batch_size=4, short_encoder=False, shared_prefix=False, prefetch=False)
+    np.testing.assert_allclose(padded.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    for batch in (1, 4, 16):
+        for prefetch in (False, True):
+            fast = M.score(model, processor, clips, batch_size=batch, shared_prefix=True, prefetch=prefetch)
+            np.testing.assert_allclose(fast.logits, ref.logits, atol=1e-5, rtol=1e-5)
+            assert (fast.pred == ref.pred).all()
+
+
+def test_cpu_defaults_are_the_plain_loop_bit_for_bit(tiny):
+    model, processor = tiny
+    clips = _clips(1)
+    default = M.score(model, processor, clips, batch_size=4)
+    plain = M.score(model, processor, clips, batch_size=4, shared_prefix=False, prefetch=False)
+    assert np.array_equal(default.logits, plain.logits)
+
+
+def test_shared_prefix_is_the_prompt_before_the_audio(tiny):
+    model, processor = tiny
+    clips = _clips()[:5]  # a 20-ms clip has no audio token at all: the prefix still ends before the audio
+    assert M.n_audio_tokens(len(clips[0])) == 0
+    inputs = M.make_inputs(processor, clips)
+    head = M.prompt_text(processor).split("<|AUDIO|>")[0]
+    head_ids = processor.tokenizer(head, add_special_tokens=False).input_ids
+    assert M.prompt_prefix(inputs, model.config.audio_token_id).tolist() == head_ids
+    with torch.inference_mode():
+        prefix = M.SharedPrefix.for_prompt(model, processor)
+        assert prefix.ids.tolist() == head_ids
+        rest, _ = prefix.split(inputs)
+    assert rest["attention_mask"].shape[1] == len(prefix) + rest["input_ids"].shape[1]
+    # rows keep their own number of real tokens: prefix + audio + the rest of the prompt
+    assert (rest["attention_mask"].sum(1) == inputs["attention_mask"].sum(1)).all()
+
+
+def test_a_batch_of_only_silent_length_clips_still_uses_the_prompts_prefix(tiny):
+    model, processor = tiny
+    clips = [np.full(320, 0.1, dtype=np.float32), np.full(300, -0.1, dtype=np.float32)]
+    ref = M.score(model, processor, clips, batch_size=2, shared_prefix=False, prefetch=False)
+    fast = M.score(model, processor, clips, batch_size=2, shared_prefix=True, prefetch=False)
+    np.testing.assert_allclose(fast.logits, ref.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefix_from_another_prompt_layout_is_refused(tiny):
+    model, processor = tiny
+    inputs = M.make_inputs(processor, _clips()[:2])
+    with torch.inference_mode():
+        prefix = M.SharedPrefix.for_prompt(model, processor)
+    other = dict(inputs)
+    ids = inputs["input_ids"].clone()
+    n_pad = int((inputs["attention_mask"][0] == 0).sum())
+    ids[0, n_pad + 3] = (ids[0, n_pad + 3] + 1) % 50  # row 0 now differs inside the prefix
+    other["input_ids"] = ids
+    assert len(M.prompt_prefix(other, model.config.audio_token_id)) == 3
+    with pytest.raises(ValueError, match="shared prefix"):
+        prefix.split(other)
