@@ -49,6 +49,17 @@ class SimulatedCrash(RuntimeError):
 # ------------------------------------------------------------------------------------------------- config
 @dataclass
 class TrainConfig:
+    """The recipe. ``learning_rate`` belongs to the effective batch ``micro_batch_size x grad_accum_steps`` (the
+    seed's: 16). The learning-rate rule when batches change:
+
+    * the micro-batch changes and accumulation keeps the effective batch (e.g. 2 x 8 -> 16 x 1, to fill a GPU):
+      the learning rate stays. Each optimizer step sees the mean loss over the same clips (micro-batches are
+      weighted by their clip counts), so the optimization is the same up to float rounding;
+    * the effective batch itself changes: scale the learning rate with the square root of the ratio (Adam's
+      rule: :func:`scaled_learning_rate`); warmup stays a fraction of the steps. :func:`split_batch` gives the
+      largest micro-batch that fits and the accumulation that keeps a given effective batch.
+    """
+
     lora_variant: str = "attn"
     lora_r: int = 16
     lora_alpha: int = 32
@@ -78,6 +89,27 @@ class TrainConfig:
         if tc.lora_variant not in LORA_VARIANTS:
             raise ValueError(f"lora_variant {tc.lora_variant!r} unknown; valid: {', '.join(LORA_VARIANTS)}")
         return tc
+
+
+def scaled_learning_rate(learning_rate: float, from_batch: int, to_batch: int, rule: str = "sqrt") -> float:
+    """The learning rate for effective batch ``to_batch`` given one tuned for ``from_batch``: ``sqrt`` (Adam/AdamW,
+    the default), ``linear`` (SGD) or ``none``. Only for a changed *effective* batch: see :class:`TrainConfig`."""
+    if from_batch < 1 or to_batch < 1:
+        raise ValueError("batch sizes must be >= 1")
+    ratio = to_batch / from_batch
+    factors = {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}
+    if rule not in factors:
+        raise ValueError(f"rule {rule!r} unknown; use one of {', '.join(factors)}")
+    return learning_rate * factors[rule]
+
+
+def split_batch(effective_batch: int, max_micro_batch: int) -> tuple[int, int]:
+    """``(micro_batch_size, grad_accum_steps)``: the largest micro-batch <= ``max_micro_batch`` that divides
+    ``effective_batch``, and the accumulation that keeps the effective batch exactly."""
+    if effective_batch < 1 or max_micro_batch < 1:
+        raise ValueError("batch sizes must be >= 1")
+    micro = max(d for d in range(1, min(effective_batch, max_micro_batch) + 1) if effective_batch % d == 0)
+    return micro, effective_batch // micro
 
 
 # --------------------------------------------------------------------------------------------------- LoRA
@@ -357,11 +389,13 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
             group = micro_batches[state["micro"]:state["micro"] + tc.grad_accum_steps]
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
+            n_group = sum(len(idx) for idx in group)
             for idx in group:
                 loss = batch_loss(model, processor, [train_audios[i] for i in idx], [answers[i] for i in idx], tc,
                                   short_encoder=short)
-                (loss / len(group)).backward()
-                total += float(loss.detach()) / len(group)
+                weight = len(idx) / n_group  # the step's loss is the mean over its clips, whatever the micro-batch
+                (loss * weight).backward()
+                total += float(loss.detach()) * weight
             if tc.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
