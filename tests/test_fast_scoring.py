@@ -83,3 +83,44 @@ def test_a_prefix_from_another_prompt_layout_is_refused(tiny):
     assert len(M.prompt_prefix(other, model.config.audio_token_id)) == 3
     with pytest.raises(ValueError, match="shared prefix"):
         prefix.split(other)
+
+
+def test_fused_kernels_change_scores_only_by_rounding_and_are_undone(tiny):
+    from transformers.models.qwen2 import modeling_qwen2 as q2
+
+    model, processor = tiny
+    clips = _clips(2)
+    ref = M.score(model, processor, clips, batch_size=8, fused=False)
+    rotary = q2.apply_rotary_pos_emb
+    classes = [type(m) for m in model.modules()]
+    with M.fused_kernels(model, compile=False):
+        assert any(type(m).__name__ == "FusedRMSNorm" for m in model.modules())
+        assert any(type(m).__name__ == "FusedMLP" for m in model.modules())
+        inside = M.score(model, processor, clips, batch_size=8, fused=False)
+    assert [type(m) for m in model.modules()] == classes and q2.apply_rotary_pos_emb is rotary
+    np.testing.assert_allclose(inside.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    fused = M.score(model, processor, clips, batch_size=8, fused=True)  # compiled where torch can compile
+    np.testing.assert_allclose(fused.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    assert (fused.pred == ref.pred).all()
+    assert [type(m) for m in model.modules()] == classes and q2.apply_rotary_pos_emb is rotary
+
+
+def test_lazy_clips_with_lengths_are_read_once_each(tiny, tmp_path):
+    from lib import audio
+
+    model, processor = tiny
+    clips = _clips(3)[:6]
+    paths = [audio.write_audio(tmp_path / f"{i}.wav", c) for i, c in enumerate(clips)]
+    reads = []
+
+    def load(p):
+        reads.append(p)
+        return audio.load_audio(p)
+
+    lazy = M.ClipFiles(paths, load=load)
+    got = M.score(model, processor, lazy, batch_size=4, lengths=[len(c) for c in clips], prefetch=True)
+    assert sorted(reads) == sorted(paths)
+    ref = M.score(model, processor, [audio.load_audio(p) for p in paths], batch_size=4)
+    np.testing.assert_allclose(got.logits, ref.logits, atol=1e-6)
+    with pytest.raises(ValueError, match="lengths"):
+        M.score(model, processor, lazy, lengths=[1, 2])

@@ -1,0 +1,206 @@
+"""Where the book's scoring time goes on the GPU, and what candidate changes would win (a development tool).
+
+    python -m bench.profile_gpu [--small --device cpu]
+
+On the 7B (bf16, random weights), the mix of 200-1000 ms clips at batch 512: the kernel-time breakdown of one
+forward pass (torch.profiler), then GPU-side clips/s of variants of the forward, each checked against the
+baseline's logits: fused RMSNorm (``F.rms_norm``), plus ``torch.compile`` of the MLP, the norms and the rotary
+embedding. And the CPU side of end-to-end scoring: loading WAV files in one thread or several, making inputs
+with the features on the CPU or on the GPU. Writes ``profile_gpu.json`` under ``$OUT``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench import gpu as G
+from lib import architecture as A
+from lib import model as M
+
+
+def kernel_breakdown(fn, device: str, top: int = 25) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        fn()
+        G.sync(device)
+    key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if device.startswith("cuda"):
+        events = [e for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)]
+    total = sum(getattr(e, key) for e in events)
+    cats = collections.Counter()
+    for e in events:
+        name = e.key.lower()
+        cat = ("gemm" if any(s in name for s in ("gemm", "cutlass", "sm90", "nvjet", "cublas", "xmma")) and "fmha" not in name
+               else "attention" if any(s in name for s in ("fmha", "flash", "attention", "softmax"))
+               else "elementwise/reduce")
+        cats[cat] += getattr(e, key)
+    rows = sorted(events, key=lambda e: -getattr(e, key))[:top]
+    return {"total_ms": total / 1e3, "by_category_ms": {k: v / 1e3 for k, v in cats.items()},
+            "top": [{"kernel": e.key[:120], "ms": getattr(e, key) / 1e3, "calls": e.count} for e in rows]}
+
+
+def fuse_norms(model) -> int:
+    """Swap every Qwen2RMSNorm for one fused F.rms_norm (one kernel instead of seven)."""
+    import torch.nn.functional as F
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    class FusedRMSNorm(Qwen2RMSNorm):
+        def forward(self, hidden_states):
+            return F.rms_norm(hidden_states, (hidden_states.shape[-1],), self.weight, self.variance_epsilon)
+
+    n = 0
+    for m in model.modules():
+        if type(m) is Qwen2RMSNorm:
+            m.__class__ = FusedRMSNorm
+            n += 1
+    return n
+
+
+def compile_parts(model) -> None:
+    import torch
+    import transformers.models.qwen2.modeling_qwen2 as q2
+
+    for layer in M.unwrap(model).model.language_model.layers:
+        layer.mlp.forward = torch.compile(layer.mlp.forward, dynamic=True)
+        layer.input_layernorm.forward = torch.compile(layer.input_layernorm.forward, dynamic=True)
+        layer.post_attention_layernorm.forward = torch.compile(layer.post_attention_layernorm.forward, dynamic=True)
+    q2.apply_rotary_pos_emb = torch.compile(q2.apply_rotary_pos_emb, dynamic=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--clips", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--variants", default="base,fused_norm,compiled")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
+    args = ap.parse_args(argv)
+    import torch
+
+    device = args.device
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"env": G.env_info(device)}
+    config = (A.small_config(audio={"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128},
+                             text={"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 4}) if args.small else A.config_7b())
+    processor = A.processor_7b()
+    res["ceilings"] = G.measure_ceilings(device, args.small)
+    print("ceilings", res["ceilings"]["matmul_flops"] / 1e12, res["ceilings"]["copy_bytes_per_s"] / 1e12, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = G.make_sets(Path(tmp), args.clips)
+        paths = sets["mix"]
+        # ------------------------------------------------------------------------------------ CPU side
+        t0 = time.perf_counter()
+        audios = G.load(paths)
+        res["load_1_thread_s"] = time.perf_counter() - t0
+        for w in (4, 16):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(w) as pool:
+                audios2 = list(pool.map(lambda p: G.load([p])[0], paths))
+            res[f"load_{w}_threads_s"] = time.perf_counter() - t0
+        assert all(np.array_equal(a, b) for a, b in zip(audios, audios2))
+        batch_clips = audios[:args.batch]
+        M.make_inputs(processor, batch_clips[:8])
+        t0 = time.perf_counter()
+        cpu_inputs = M.make_inputs(processor, batch_clips)
+        res["make_inputs_cpu_features_s"] = time.perf_counter() - t0
+        if device.startswith("cuda"):
+            fe = processor.feature_extractor
+            kw = {"sampling_rate": fe.sampling_rate, "max_length": M.short_feature_samples(max(len(a) for a in batch_clips), fe),
+                  "device": device}
+            processor(text=[M.prompt_text(processor)] * 8, audio=batch_clips[:8], padding=True, return_tensors="pt", audio_kwargs=kw)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            gpu_inputs = processor(text=[M.prompt_text(processor)] * len(batch_clips), audio=batch_clips, padding=True,
+                                   return_tensors="pt", audio_kwargs=kw)
+            torch.cuda.synchronize()
+            res["make_inputs_gpu_features_s"] = time.perf_counter() - t0
+            res["gpu_vs_cpu_features_max_abs"] = float((gpu_inputs["input_features"] - cpu_inputs["input_features"]).abs().max())
+        t0 = time.perf_counter()
+        processor.tokenizer([M.prompt_text(processor)] * len(batch_clips), padding=True)
+        res["tokenize_only_s"] = time.perf_counter() - t0
+        print({k: v for k, v in res.items() if k.endswith("_s") or k.endswith("abs")}, flush=True)
+
+        # ------------------------------------------------------------------------------------ GPU side
+        model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+        ids = M.answer_token_ids(processor.tokenizer)
+        groups = M.length_buckets([len(a) for a in audios], args.batch)
+        batches = [G._device_inputs(M.make_inputs(processor, [audios[i] for i in g]), device, True) for g in groups]
+
+        def forward():
+            with torch.inference_mode():
+                prefix = M.SharedPrefix.for_prompt(model, processor)
+                return [M.answer_logits(model, x, ids, prefix=prefix) for x in batches]
+
+        def timed(label):
+            forward()
+            G.sync(device)
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                outs = forward()
+                G.sync(device)
+                times.append(time.perf_counter() - t0)
+            logits = torch.cat([o.float().cpu() for o in outs]).numpy()
+            flops = sum(A.flops_of_batch(model.config, x, prefix_len=20) for x in batches)
+            r = {"seconds": min(times), "clips_per_s": len(audios) / min(times),
+                 "executed_tflops": flops / min(times) / 1e12, "times": times}
+            print(label, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+            return r, logits
+
+        variants = args.variants.split(",")
+        res["variants"] = {}
+        base_logits = None
+        one = batches[len(batches) // 2]
+
+        def one_forward():
+            with torch.inference_mode():
+                prefix = M.SharedPrefix.for_prompt(model, processor)
+                M.answer_logits(model, one, ids, prefix=prefix)
+
+        for v in variants:
+            t0 = time.perf_counter()
+            if v == "fused_norm":
+                res["fused_norms"] = fuse_norms(model)
+            elif v == "compiled":
+                compile_parts(model)
+            setup = time.perf_counter() - t0
+            try:
+                r, logits = timed(v)
+            except Exception as err:  # noqa: BLE001
+                res["variants"][v] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                print(v, "failed", err, flush=True)
+                continue
+            r["setup_s"] = setup
+            if base_logits is None:
+                base_logits = logits
+            d = np.abs(logits - base_logits)
+            r["max_abs_vs_base"] = float(d.max())
+            r["same_decisions_vs_base"] = int(((logits[:, 0] >= logits[:, 1]) == (base_logits[:, 0] >= base_logits[:, 1])).sum())
+            r["profile"] = kernel_breakdown(one_forward, device)
+            res["variants"][v] = r
+            print(v, "profile by category", r["profile"]["by_category_ms"], flush=True)
+            for row in r["profile"]["top"][:12]:
+                print("   ", round(row["ms"], 2), row["calls"], row["kernel"], flush=True)
+            (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
