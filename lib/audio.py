@@ -92,12 +92,17 @@ def load_audio(path: str | os.PathLike, sr: int = SR) -> np.ndarray:
     except Exception as e:  # e.g. "flac decoder lost sync" on a truncated FLAC
         raise AudioError(f"cannot decode {path} ({_short(e)}): the file is corrupt or truncated; re-download or re-export it") from e
     if info.frames > 0 and data.shape[0] < info.frames:
-        raise AudioError(f"audio file {path} is truncated: {data.shape[0]} of {info.frames} frames could be read")
+        raise AudioError(
+            f"audio file {path} is truncated: {data.shape[0]} of {info.frames} frames could be read; re-download or re-export it"
+        )
     if data.shape[0] == 0:
-        raise AudioError(f"audio file {path} holds no samples (zero length)")
+        raise AudioError(f"audio file {path} holds no samples (zero length); re-export it, or drop its row from the manifest")
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise AudioError(f"audio file {path} has {bad} NaN or infinite samples; it cannot be used as is")
+        raise AudioError(
+            f"audio file {path} has {bad} NaN or infinite samples; it cannot be used as is: re-export it from its "
+            "source, or drop its row from the manifest"
+        )
     if data.shape[1] > 1:
         warnings.warn(f"{path}: {data.shape[1]} channels averaged to mono", AudioNote, stacklevel=2)
     x = data.mean(axis=1)
