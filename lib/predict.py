@@ -49,8 +49,26 @@ def read_clip_manifest(manifest: str | Path, audio_root: str | Path) -> pd.DataF
         if not full.is_relative_to(root):
             raise ValueError(f"{manifest} row {i + 2}: path {rel!r} points outside the audio root {root}; refused")
         resolved.append(full)
+    # Checked before any model is loaded: a typo should not cost a model load and half a scoring run.
+    gone = [i for i, p in enumerate(resolved) if not p.is_file()]
+    if gone:
+        rows = ", ".join(f"row {i + 2} ({df['path'].iloc[i]!r})" for i in gone[:5])
+        raise FileNotFoundError(
+            f"{manifest}: {len(gone)} audio file(s) not found under {root}: {rows}{' ...' if len(gone) > 5 else ''}; "
+            "fix the paths (relative to --audio-root) or drop those rows"
+        )
     df["abs_path"] = resolved
     return df
+
+
+def _load_clip(manifest: Path, row: int, path: Path, mode: str) -> np.ndarray:
+    """One clip, normalized; an unusable one is named by its manifest row as well as its file."""
+    from .audio import load_audio, normalize
+
+    try:
+        return normalize(load_audio(path), mode, name=str(path))
+    except ValueError as err:  # AudioError, or an all-silent clip under peak/rms: the message says what to do
+        raise type(err)(f"{manifest} row {row + 2}: {err}") from err
 
 
 def predict_manifest(
@@ -62,7 +80,6 @@ def predict_manifest(
     batch_size: int = 32,
     **options: Any,
 ) -> Path:
-    from .audio import load_audio, normalize
     from .systems import load_system
 
     df = read_clip_manifest(manifest, audio_root)
@@ -71,7 +88,7 @@ def predict_manifest(
     scores: list[float] = []
     for start in tqdm(range(0, len(df), batch_size), desc=f"scoring with {scorer.name}", unit="batch"):
         rows = df.iloc[start : start + batch_size]
-        audios = [normalize(load_audio(p), mode) for p in rows["abs_path"]]
+        audios = [_load_clip(Path(manifest), start + j, p, mode) for j, p in enumerate(rows["abs_path"])]
         scores.extend(np.asarray(scorer.score(audios), dtype=float).tolist())
     preds = predictions_frame(
         run_id=f"predict-{_dt.datetime.now():%Y%m%d-%H%M%S}", system=scorer.name, variant=f"normalization={mode}",
