@@ -756,7 +756,10 @@ def load_bank(manifest: str | os.PathLike, check_files: bool = True) -> pd.DataF
         raise ManifestError(f"bank manifest {manifest}: unknown split(s) {bad}; valid: {', '.join(SPLITS)}")
     dup = df["clip_id"][df["clip_id"].duplicated()].unique().tolist()
     if dup:
-        raise ManifestError(f"bank manifest {manifest}: duplicated clip_id(s) {dup[:5]}")
+        raise ManifestError(
+            f"bank manifest {manifest}: duplicated clip_id(s) {dup[:5]}; each clip needs its own id: rebuild the bank "
+            "(lib.data.build_bank, chapter 01) instead of editing its manifest"
+        )
     root = manifest.parent
     df["audio_path"] = [str(resolve_under(root, p, f"bank manifest {manifest} path")) for p in df["path"]]
     if check_files:
