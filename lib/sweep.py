@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -83,7 +82,7 @@ def run_sweep(
     log(f"sweep of {main_run_dir.name}: {len(done) + len(todo)} members, {len(done)} already complete, {len(todo)} to run" + (f" on {gpus} GPUs" if gpus else ""))
     for _, run_dir in todo:
         run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(bank_pointer, run_dir / "bank.yaml")  # same clips as the main run
+        io.write_text(run_dir / "bank.yaml", bank_pointer.read_text())  # same clips as the main run (atomic copy)
     bar = tqdm(total=len(done) + len(todo), initial=len(done), desc="sweep", unit="run")
     if gpus <= 0:
         for m, _ in todo:
