@@ -83,6 +83,9 @@ class TrainConfig:
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any], **overrides: Any) -> "TrainConfig":
         names = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(overrides) - names)  # cfg holds every run parameter; overrides must be training ones
+        if unknown:
+            raise ValueError(f"unknown training parameter(s) {unknown}; valid: {', '.join(sorted(names))}")
         values = {k: v for k, v in {**cfg, **overrides}.items() if k in names and v is not None}
         tc = cls(**values)
         tc.extra_trainable = list(tc.extra_trainable or [])
