@@ -272,6 +272,8 @@ def run_book(
     done = {name for name, c in status.get("chapters", {}).items() if c.get("state") == "done"} if resuming else set()
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    for path in io.clear_leftovers(run_dir):  # what a killed run left half-written (nobody writes here now)
+        log(f"cleared {path.relative_to(run_dir)}, left by an interrupted run")
     write_params(run_dir, profile, overrides, cfg)
     status = {
         "state": "running",

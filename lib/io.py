@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,6 +63,38 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What a kill (SIGKILL, a lost machine) can leave behind: the temporary names of atomic_path/atomic_dir
+# (".<name>.<8 random chars>.tmp[.<ext>]") and, in atomic_dir's window between its two renames, the old
+# folder moved aside (".<name>.old.<pid>") with nothing yet in its place.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
+_OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old\.\d+$")
+
+
+def clear_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the half-written temporaries a killed writer left anywhere under ``folder``, and put back an
+    old folder that ``atomic_dir`` had moved aside when the kill came before its replacement was in place.
+
+    Call it only when no process is writing under ``folder`` (the runner does, on starting a run). Returns
+    the paths removed or restored.
+    """
+    done: list[Path] = []
+    for path in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if _TEMP_NAME.match(path.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            done.append(path)
+        elif (m := _OLD_NAME.match(path.name)) and path.is_dir():
+            target = path.with_name(m["name"])
+            if target.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.replace(path, target)  # the last good folder, back in place
+            done.append(path)
+    return done
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
