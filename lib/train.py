@@ -370,6 +370,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
     state = {"step": 0, "epoch": 0, "micro": 0, "history": [], "dev": [], "fingerprint": fingerprint,
              "total_steps": total_steps}
     resumed_from = None
+    if resume and ckpt_root.exists():
+        io.clear_leftovers(ckpt_root)  # a checkpoint half-written when the last run was killed
     last = latest_checkpoint(ckpt_root) if resume else None
     if last is not None:
         saved = json.loads((last / "state.json").read_text())
