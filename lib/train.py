@@ -344,7 +344,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
         raise ValueError(f"unknown training labels {bad}; expected {sorted(LABEL_TO_ANSWER)}")
     n = len(train_audios)
     if n == 0:
-        raise ValueError("the training split is empty: nothing to train on")
+        raise ValueError("the training split is empty: nothing to train on; check the bank's train split (chapter 01) "
+                         "and max_train_clips")
     answers = [LABEL_TO_ANSWER[lab] for lab in labels]
     train_ids = list(train_ids) if train_ids is not None else [str(i) for i in range(n)]
     short = M.uses_short_encoder(model)
