@@ -50,9 +50,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from .book import rerun
+    from .book import ChapterFailed, rerun
 
-    rerun(args.run_dir, run_id=args.run_id)
+    try:
+        rerun(args.run_dir, run_id=args.run_id, notebooks_dir=args.notebooks_dir)
+    except ChapterFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -118,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr = sub.add_parser("rerun", help="run a recorded run again from its folder alone")
     rr.add_argument("run_dir")
     rr.add_argument("--run-id", default=None)
+    rr.add_argument("--notebooks-dir", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help=argparse.SUPPRESS)
     rr.set_defaults(func=_cmd_rerun)
 
     st = sub.add_parser("status", help="what a run folder holds; exit 1 unless complete")
