@@ -42,6 +42,43 @@ class CheckpointMismatchError(M.AdapterMismatchError):
     """A checkpoint folder holds a run of another base model, variant or recipe."""
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's part in data-parallel training over ``world`` processes (torchrun / Accelerate).
+
+    Every process sees the same seeded data order and takes every ``world``-th clip of each micro-batch;
+    gradients are summed across processes before the optimizer step, so the step equals the one-process
+    step on the same effective batch (up to the order of floating-point sums).
+    """
+
+    rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: np.ndarray) -> np.ndarray:
+        return idx[self.rank::self.world]
+
+    def sum_gradients(self, params: Sequence[Any], loss_share: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:  # a process with no clips in this step still takes part in the sum
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        total = torch.tensor([loss_share], dtype=torch.float64, device=params[0].device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return float(total)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 class SimulatedCrash(RuntimeError):
     """Raised by ``train(..., crash_after_steps=k)``: the tests' stand-in for a kill mid-run."""
 
@@ -325,7 +362,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
           out_dir: str | os.PathLike, *, dev_audios: Sequence[np.ndarray] | None = None,
           dev_labels: Sequence[str] | None = None, train_ids: Sequence[str] | None = None,
           base: dict[str, Any] | None = None, progress: bool = True, resume: bool = True,
-          crash_after_steps: int | None = None, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+          crash_after_steps: int | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+          parallel: "DataParallel | None" = None) -> TrainResult:
     """Train ``model`` (a peft model from :func:`apply_lora`) in place; checkpoints go to ``out_dir``.
 
     Resumes from the last checkpoint in ``out_dir/checkpoints`` (if ``resume``) after checking it belongs to
@@ -385,7 +423,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
         random.seed(tc.seed)
 
     model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", disable=not progress)
+    quiet = not progress or (parallel is not None and not parallel.is_main)
+    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", disable=quiet)
     steps_this_call = 0
     while state["epoch"] < tc.epochs:
         epoch = state["epoch"]
@@ -397,11 +436,17 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
             total = 0.0
             n_group = sum(len(idx) for idx in group)
             for idx in group:
+                if parallel is not None:  # data parallel: this process takes its share of every micro-batch
+                    idx = parallel.shard(idx)
+                    if len(idx) == 0:
+                        continue
                 loss = batch_loss(model, processor, [train_audios[i] for i in idx], [answers[i] for i in idx], tc,
                                   short_encoder=short)
                 weight = len(idx) / n_group  # the step's loss is the mean over its clips, whatever the micro-batch
                 (loss * weight).backward()
                 total += float(loss.detach()) * weight
+            if parallel is not None:  # weights are shares of the whole step: summing gives one process's gradient
+                total = parallel.sum_gradients(params, total)
             if tc.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
@@ -426,7 +471,10 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
                 state["epoch"] += 1
                 state["micro"] = 0
             if epoch_done or state["step"] % tc.checkpoint_every_steps == 0:
-                save_checkpoint(ckpt_root, state, model, optimizer, scheduler)
+                if parallel is None or parallel.is_main:
+                    save_checkpoint(ckpt_root, state, model, optimizer, scheduler)
+                if parallel is not None:
+                    parallel.barrier()
             if crash_after_steps is not None and steps_this_call >= crash_after_steps:
                 bar.close()
                 raise SimulatedCrash(f"simulated crash after {steps_this_call} steps (step {state['step']})")
@@ -436,7 +484,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
     model.eval()
     history = pd.DataFrame(state["history"], columns=["step", "epoch", "loss", "lr"])
     dev = pd.DataFrame(state["dev"], columns=["epoch", "step", "dev_accuracy", "dev_balanced_accuracy", "dev_loss"])
-    save_curves(out_dir, history, dev)
+    if parallel is None or parallel.is_main:
+        save_curves(out_dir, history, dev)
     return TrainResult(model=model, history=history, dev=dev, out_dir=out_dir, resumed_from=resumed_from,
                        wall_s=time.time() - t0, counts=parameter_counts(model))
 
@@ -473,7 +522,7 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
                  train_labels: Sequence[str], *, train_ids: Sequence[str] | None = None,
                  dev_audios: Sequence[np.ndarray] | None = None, dev_labels: Sequence[str] | None = None,
                  progress: bool = True, device: str = "auto", crash_after_steps: int | None = None,
-                 **overrides: Any) -> dict[str, Any]:
+                 parallel: DataParallel | None = None, **overrides: Any) -> dict[str, Any]:
     """Load the base model, add LoRA, train (resuming if checkpoints exist) and save the system.
 
     Writes ``<run_dir>/training/<name>/`` (checkpoints, loss.csv, dev.csv, loss_curve.*) and
@@ -491,8 +540,11 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
     peft_model = apply_lora(model, tc)
     result = train(peft_model, processor, train_audios, train_labels, tc, run_dir / "training" / name,
                    dev_audios=dev_audios, dev_labels=dev_labels, train_ids=train_ids, base=base, progress=progress,
-                   crash_after_steps=crash_after_steps)
+                   crash_after_steps=crash_after_steps, parallel=parallel)
     system_dir = run_dir / "systems" / name
+    if parallel is not None and not parallel.is_main:  # the main process saves the (identical) adapter
+        parallel.barrier()
+        return {"name": name, "model": peft_model, "processor": processor, "system_dir": system_dir}
     with io.atomic_dir(system_dir / "adapter") as tmp:
         peft_model.save_pretrained(tmp)
     report = adapter_report(system_dir / "adapter")
@@ -504,6 +556,7 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
         "total_params": result.counts["total_params"], **report, "train_clips": len(train_audios),
         "epochs": tc.epochs, "steps": int(result.history["step"].max()) if len(result.history) else 0,
         "train_wall_s": round(result.wall_s, 2), "resumed_from_step": result.resumed_from,
+        "data_parallel_processes": parallel.world if parallel is not None else 1,
         **{k: float(v) for k, v in last_dev.items() if k.startswith("dev_")},
     }
     systems.save_system(run_dir, name, "lora", base_model=base_name, adapter="adapter", prompt=tc.prompt,
@@ -511,5 +564,7 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
                         eval_batch_size=tc.eval_batch_size, base_fingerprint=base, train_config=asdict(tc),
                         summary=summary)
     io.write_json(run_dir / "training" / name / "summary.json", summary)
+    if parallel is not None:
+        parallel.barrier()
     return {**summary, "model": peft_model, "processor": processor, "history": result.history, "dev": result.dev,
             "system_dir": system_dir}
