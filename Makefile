@@ -13,7 +13,7 @@ CHAPTERS ?=
 SET ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup book sweep test test-browser test-all lab clean-notebooks bench rerun status
+.PHONY: help setup book sweep train-ddp test test-browser test-all lab clean-notebooks bench rerun status
 
 help:
 	@echo "make book [PROFILE=cpu|full] [RUN_ID=name] [CHAPTERS='01 03'] [SET='seed=1 epochs=2']"
@@ -38,6 +38,11 @@ SEEDS ?=
 VARIANTS ?=
 sweep: setup
 	$(PY) -m lib sweep --profile $(PROFILE) --run-id $(RUN_ID) --gpus $(GPUS) $(if $(SEEDS),--seeds "$(SEEDS)") $(if $(VARIANTS),--variants "$(VARIANTS)")
+
+# One training run across GPUS processes with Accelerate (DDP), on the run's bank; saved as system NAME.
+NAME ?= qwen2audio-attn-ddp
+train-ddp: setup
+	$(VENV)/bin/accelerate launch --num_processes $(GPUS) -m lib.distributed --run-dir results/$(PROFILE)/$(RUN_ID) --name $(NAME) $(foreach s,$(SET),--set $(s))
 
 rerun: setup
 	$(PY) -m lib rerun $(RUN_DIR)
