@@ -125,6 +125,8 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     resumed = _summary(again.stdout)
     assert resumed["resumed_from_step"] is not None and 3 <= resumed["resumed_from_step"] < STEPS, resumed
     assert resumed["steps"] == STEPS
+    leftovers = [p for p in run_dir.rglob(".*") if ".tmp" in p.name or ".old." in p.name]
+    assert not leftovers, f"half-written files left behind: {leftovers}"
 
     out, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err[-3000:]

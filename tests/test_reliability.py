@@ -1,0 +1,720 @@
+"""Reliability catalogue (issue 5): bad input, interrupted runs, reproducibility, atomic writes, fuzzing.
+
+Every item of the issue maps to the test(s) that prove it and to where the check lives. Tests named
+``test_reliability::...`` are in this file; the others are reused as they are.
+
+1. Bad input (each error: its type, the file/row/parameter it names, what to do; nothing half-written)
+
+| item | test(s) | check lives in |
+|---|---|---|
+| corrupt or truncated audio | test_audio::test_truncated_file_names_it, ::test_corrupt_body_names_it; test_reliability::test_bad_audio_names_the_file_and_says_what_to_do[truncated-*, corrupt-flac] | lib.audio.load_audio |
+| zero-length audio (0 bytes; header without samples) | test_audio::test_empty_file_names_it, ::test_zero_length_audio_names_it; test_reliability::test_bad_audio_...[empty-file, zero-samples] | lib.audio.load_audio |
+| NaN or infinite samples | test_audio::test_nan_or_inf_samples_name_the_file; test_reliability::test_bad_audio_...[nan, inf]; ::test_nonfinite_input_never_normalizes | lib.audio.load_audio, lib.audio.normalize |
+| non-audio file with an audio extension | test_audio::test_non_audio_with_audio_extension; test_reliability::test_bad_audio_...[text-as-wav] | lib.audio.load_audio |
+| unsupported format | test_audio::test_unsupported_format_names_file_and_alternatives; test_reliability::test_bad_audio_...[m4a] | lib.audio.load_audio |
+| stereo and multi-channel (mixed to mono, with a note) | test_audio::test_stereo_is_averaged_with_a_note, ::test_multichannel_is_averaged | lib.audio.load_audio (AudioNote) |
+| any sample rate (resampled, with a note) | test_audio::test_any_rate_is_resampled_with_a_note | lib.audio.load_audio, lib.audio.resample |
+| all-zero audio under peak and RMS normalization | test_audio::test_all_silent_audio_raises_naming_the_clip; test_audio_properties::test_silent_input_always_raises; test_reliability::test_predict_names_the_row_of_an_unusable_clip_and_keeps_the_old_output | lib.audio.normalize; lib.predict._load_clip |
+| manifest with missing columns | test_data::test_manifest_missing_columns_are_named (corpus), ::test_load_bank_errors_name_the_manifest (bank); test_results_predict::test_clip_manifest_names_missing_columns_and_bad_labels (user clips) | lib.data.read_corpus_manifest, lib.data.load_bank, lib.predict.read_clip_manifest |
+| duplicated ids | test_data::test_manifest_duplicated_ids, ::test_load_bank_errors_name_the_manifest; test_results_predict::test_clip_manifest_names_missing_columns_and_bad_labels; test_reliability::test_bank_manifest_duplicated_ids_say_what_to_do | same three readers |
+| unknown labels | test_data::test_manifest_unknown_labels; test_results_predict::test_clip_manifest_names_missing_columns_and_bad_labels; lib.results.predictions_frame: test_results_predict::test_predictions_frame_rejects_bad_input | same three readers |
+| paths outside the audio root, refused without reading | test_data::test_manifest_paths_outside_the_root_are_refused, ::test_load_bank_errors_name_the_manifest; test_results_predict::test_clip_manifest_refuses_paths_outside_root; test_reliability::test_paths_escaping_the_root_are_refused_before_any_read (.., absolute, symlink; bank and predict) | lib.data.resolve_under (corpus, bank); lib.predict.read_clip_manifest |
+| missing audio files | test_data::test_manifest_missing_audio_file_is_named; test_reliability::test_predict_lists_missing_files_by_row_before_loading_a_system | lib.data, lib.predict.read_clip_manifest |
+| an empty split | test_reliability::test_empty_split_is_named | lib.data.check_splits; lib.train.train |
+| a class absent from a split | test_data::test_splits_and_classes_must_not_be_empty | lib.data.check_splits |
+| a profile or parameter with a typo | test_config_io::test_typo_in_parameter_lists_valid_names, ::test_typo_in_profile_lists_profiles; test_data::test_typo_in_a_parameter_lists_valid_names, ::test_bad_bank_parameters_are_named; test_book::test_unknown_override_fails_before_anything_runs; test_reliability::test_typos_on_the_command_line_and_in_chapters_list_valid_names | lib.config.resolve / load_profile; lib.data.bank_params; lib.train.TrainConfig.from_cfg |
+| a checkpoint folder from another model or variant | test_train::test_checkpoints_of_another_run_are_refused; test_reliability::test_checkpoint_and_adapter_mismatch_messages_say_what_to_do | lib.train.check_fingerprint |
+| an adapter whose base model does not match | test_train::test_an_adapter_on_another_base_model_is_refused; test_reliability::test_checkpoint_and_adapter_mismatch_messages_say_what_to_do | lib.model.load_adapter / check_base_model |
+
+2. Interrupted runs
+
+| item | test(s) | check lives in |
+|---|---|---|
+| SIGKILL a training process mid-epoch, rerun: resumes, same adapter + predictions bit for bit | test_interrupted_training::test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run (also test_train::test_sigkill_mid_epoch_then_rerun_gives_the_same_adapter, ::test_resume_after_a_crash_ends_with_the_uninterrupted_adapter) | lib.train.train (checkpoints with RNG, optimizer, scheduler, position) |
+| a killed `make book` is marked incomplete and a rerun finishes it | test_book::test_killed_book_is_marked_incomplete_and_rerun_finishes_it | lib.book.run_book / read_status |
+| ... and leaves the last good results untouched (executed notebook, predictions.csv), even killed mid-write | test_reliability::test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes | lib.book._execute_chapter (.running.ipynb), lib.io.atomic_path, lib.io.clear_leftovers |
+| a failed chapter reports its cell and error, keeps a .failed.ipynb | test_book::test_run_book_writes_run_folder_and_resumes_after_failure | lib.book._execute_chapter |
+
+3. Reproducibility
+
+| item | test(s) | check lives in |
+|---|---|---|
+| identical banks for the same seed and parameters | test_data::test_same_seed_same_bank_other_seed_other_bank, ::test_real_bank_reproducible | lib.data.build_bank |
+| identical splits | test_data::test_assign_splits_is_group_disjoint_and_proportional | lib.data.assign_splits |
+| identical predictions (fresh model; training with a seed) | test_reliability::test_a_freshly_loaded_model_scores_identically; test_train::test_training_is_seeded_bit_for_bit; test_interrupted_training (two processes) | lib.model.score, lib.train |
+| identical metrics (seeded bootstrap) | test_reliability::test_metrics_json_is_identical_on_identical_predictions | lib.stats.metrics_json |
+| run folder records parameters, git commit, package versions, corpus checksum | test_book::test_run_book_writes_run_folder_and_resumes_after_failure (keys); test_reliability::test_run_folder_records_its_provenance (values) | lib.book.write_params |
+| `python -m lib rerun <run folder>` reruns a run from its folder alone | test_reliability::test_rerun_from_the_folder_alone_gives_the_same_outputs | lib.book.rerun, lib.__main__ |
+
+4. Atomic writes
+
+| item | test(s) | check lives in |
+|---|---|---|
+| every writer in lib/ goes through lib.io (or writes inside an atomic temporary) | test_reliability::test_every_writer_in_lib_is_atomic | lib.io |
+| a failed write keeps the old file: predictions, bank manifest, checkpoint, figure | test_reliability::test_failed_write_keeps_the_old_predictions, ::..._bank, ::..._checkpoint, ::..._figure; test_data::test_failed_build_leaves_the_good_bank_untouched; test_config_io::test_atomic_write_keeps_old_file_when_writing_fails, ::test_atomic_dir_replaces_only_on_success | lib.io.atomic_path / atomic_dir |
+| what a kill leaves half-written is cleared on the next run | test_reliability::test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored; test_data::test_leftovers_of_a_killed_build_are_cleared | lib.io.clear_leftovers (run_book, train), lib.data.build_bank |
+
+5. Fuzzing (hypothesis)
+
+| item | test(s) | check lives in |
+|---|---|---|
+| mixing reaches the requested SNR for any non-silent signal and noise | test_audio_properties::test_mixing_reaches_the_requested_snr; test_reliability::test_mixing_reaches_the_snr_over_a_window_at_any_level | lib.audio.mix_at_snr |
+| normalization never gives NaN or a peak beyond the target | test_audio_properties::test_normalization_never_nan_or_above_target; test_reliability::test_rms_normalization_reaches_its_target_unless_the_peak_limits_it, ::test_nonfinite_input_never_normalizes | lib.audio.normalize |
+| cutting never returns the wrong length | test_audio_properties::test_cut_never_returns_the_wrong_length, ::test_cut_from_a_short_source_always_raises; test_reliability::test_cut_length_for_any_dtype_and_start | lib.audio.cut |
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from lib import audio, book, config, data, io, predict, results
+from lib.audio import AudioError
+
+LIB = config.PROJECT_ROOT / "lib"
+SR = audio.SR
+
+
+def _tone(n: int = 1600, amp: float = 0.3) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * 440 * np.arange(n) / SR)).astype(np.float32)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ================================================================================== 1. bad input
+
+# case -> (how to make the file, what the message must say beyond the file's name); every message must
+# also say what to do (REMEDY)
+REMEDY = r"re-download|re-export|Convert it|check the path|drop its row"
+
+
+def _write(path: Path, x, subtype="FLOAT", sr=SR) -> Path:
+    sf.write(str(path), np.asarray(x), sr, subtype=subtype)
+    return path
+
+
+def _truncate(path: Path) -> Path:
+    data_ = path.read_bytes()
+    path.write_bytes(data_[: len(data_) // 2])
+    return path
+
+
+def _garble(path: Path) -> Path:
+    raw = bytearray(path.read_bytes())
+    raw[200:4000] = bytes(np.random.default_rng(0).integers(0, 256, 3800, dtype=np.uint8))
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _put(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def _with(value: float) -> np.ndarray:
+    x = _tone()
+    x[7] = value
+    return x
+
+
+BAD_AUDIO = {
+    "missing": (lambda d: d / "nothere.wav", r"not found"),
+    "empty-file": (lambda d: _put(d / "empty.flac", b""), r"empty \(0 bytes\)"),
+    "zero-samples": (lambda d: _write(d / "zero.wav", np.zeros(0, np.float32)), r"no samples"),
+    "text-as-wav": (lambda d: _put(d / "notes.wav", b"not audio\n" * 50), r"not WAV|corrupt"),
+    "m4a": (lambda d: _put(d / "clip.m4a", b"\0\0\0 ftypM4A " + b"\0" * 64), r"unsupported audio format"),
+    "truncated-wav": (lambda d: _truncate(_write(d / "cut.wav", _tone(16000), "PCM_16")), r"truncated"),
+    "truncated-flac": (lambda d: _truncate(_write(d / "cut.flac", np.random.default_rng(1).standard_normal(16000) * 0.1, "PCM_16")), r"truncated"),
+    "corrupt-flac": (lambda d: _garble(_write(d / "garbled.flac", np.random.default_rng(2).standard_normal(16000) * 0.1, "PCM_16")), r"corrupt|truncated|cannot"),
+    "nan": (lambda d: _write(d / "nan.wav", _with(np.nan)), r"NaN or infinite"),
+    "inf": (lambda d: _write(d / "inf.wav", _with(np.inf)), r"NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_AUDIO))
+def test_bad_audio_names_the_file_and_says_what_to_do(tmp_path, case):
+    make, what = BAD_AUDIO[case]
+    path = make(tmp_path)
+    with pytest.raises(AudioError) as err:
+        audio.load_audio(path)
+    text = str(err.value)
+    assert path.name in text, text
+    assert re.search(what, text), text
+    assert re.search(REMEDY, text), f"the message does not say what to do: {text}"
+
+
+def _user_manifest(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
+    root = tmp_path / "clips"
+    root.mkdir(exist_ok=True)
+    manifest = tmp_path / "clips.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest, root
+
+
+@pytest.mark.parametrize("bad,expect", [
+    (np.zeros(1600, np.float32), r"row 3: clip .*b\.wav is all-silent.*normalization='none'"),
+    (_with(np.inf), r"row 3: audio file .*b\.wav has 1 NaN or infinite"),
+])
+def test_predict_names_the_row_of_an_unusable_clip_and_keeps_the_old_output(tmp_path, bad, expect):
+    manifest, root = _user_manifest(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "b.wav", "label": "nonspeech"}])
+    _write(root / "a.wav", _tone())
+    _write(root / "b.wav", bad)
+    out = tmp_path / "out.csv"
+    out.write_text("the last good predictions\n")
+    with pytest.raises(ValueError, match=expect):
+        predict.predict_manifest("webrtc", manifest, root, out, normalization="rms")
+    assert out.read_text() == "the last good predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "clips.csv", "out.csv"]  # no temporary left
+
+
+def test_predict_lists_missing_files_by_row_before_loading_a_system(tmp_path, monkeypatch):
+    from lib import systems
+
+    manifest, root = _user_manifest(tmp_path, [{"path": f"{c}.wav", "label": "speech"} for c in "abc"])
+    _write(root / "b.wav", _tone())
+    monkeypatch.setattr(systems, "load_system", lambda *a, **k: pytest.fail("a system was loaded for a broken manifest"))
+    with pytest.raises(FileNotFoundError, match=r"2 audio file\(s\) not found .*row 2 \('a\.wav'\), row 4 \('c\.wav'\); fix the paths"):
+        predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+    # the command line says the same and exits 2
+    from lib.__main__ import main
+
+    code = main(["predict", "--system", "webrtc", "--manifest", str(manifest), "--audio-root", str(root), "--out", str(tmp_path / "o.csv")])
+    assert code == 2 and not (tmp_path / "o.csv").exists()
+
+
+def _fake_bank(folder: Path, paths: list[str], clip_ids: list[str] | None = None) -> Path:
+    rows = []
+    for i, p in enumerate(paths):
+        rows.append({"clip_id": (clip_ids or [f"c{j}" for j in range(len(paths))])[i], "source_id": f"s{i}", "group_id": f"g{i}",
+                     "label": "speech", "category": "speech", "split": "train", "duration_ms": 100, "snr_db": 0.0,
+                     "noise_type": "white", "rt60_s": 0.0, "filter": "none", "seed": i, "path": p})
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def test_bank_manifest_duplicated_ids_say_what_to_do(tmp_path):
+    m = _fake_bank(tmp_path / "bank", ["audio/a.wav", "audio/b.wav"], clip_ids=["c1", "c1"])
+    with pytest.raises(data.ManifestError, match=r"bank manifest .*manifest\.csv: duplicated clip_id\(s\) \['c1'\].*rebuild the bank"):
+        data.load_bank(m, check_files=False)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_paths_escaping_the_root_are_refused_before_any_read(tmp_path, monkeypatch, kind):
+    secret = _write(tmp_path / "secret.wav", _tone())
+    bank = tmp_path / "bank"
+    (bank / "audio").mkdir(parents=True)
+    _write(bank / "audio" / "ok.wav", _tone())
+    if kind == "symlink":  # a link inside the root that leads out of it
+        (bank / "audio" / "link.wav").symlink_to(secret)
+        bad = "audio/link.wav"
+    else:
+        bad = "../secret.wav" if kind == "dotdot" else str(secret)
+    reads: list[str] = []
+    real_info, real_read = sf.info, sf.read
+    monkeypatch.setattr(sf, "info", lambda p, *a, **k: reads.append(str(p)) or real_info(p, *a, **k))
+    monkeypatch.setattr(sf, "read", lambda p, *a, **k: reads.append(str(p)) or real_read(p, *a, **k))
+
+    m = _fake_bank(bank, ["audio/ok.wav", bad])
+    with pytest.raises(data.ManifestError, match=r"bank manifest .*(outside the audio root|must be a path relative)"):
+        data.load_bank(m)
+    manifest, _ = _user_manifest(tmp_path, [{"path": "audio/ok.wav", "label": "speech"}, {"path": bad, "label": "speech"}])
+    with pytest.raises(ValueError, match=r"row 3: path .* points outside the audio root .*; refused"):
+        predict.predict_manifest("webrtc", manifest, bank, tmp_path / "out.csv")
+    assert reads == [], f"files were read although the manifest was refused: {reads}"
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_empty_split_is_named():
+    df = pd.DataFrame({"split": ["train", "train", "dev", "dev"], "label": ["speech", "nonspeech"] * 2, "group_id": list("abcd")})
+    with pytest.raises(ValueError, match=r"bank: split 'test' is empty; use more source groups or other split_fractions"):
+        data.check_splits(df, "bank")
+    from lib import train as T
+
+    with pytest.raises(ValueError, match=r"training split is empty.*check the bank's train split"):
+        T.train(None, None, [], [], T.TrainConfig(), "/nonexistent")
+
+
+def test_typos_on_the_command_line_and_in_chapters_list_valid_names(tmp_path, capsys):
+    from lib import train as T
+    from lib.__main__ import main
+
+    res = tmp_path / "results"
+    assert main(["book", "--set", "sed=1", "--run-id", "x", "--results-dir", str(res)]) == 2
+    assert re.search(r"unknown parameter 'sed' \(did you mean seed.*\); valid parameters: .*seed", capsys.readouterr().err)
+    assert main(["book", "--profile", "cpuu", "--run-id", "x", "--results-dir", str(res)]) == 2
+    assert re.search(r"unknown profile 'cpuu'; valid profiles: .*\bcpu\b.*\bfull\b", capsys.readouterr().err)
+    assert not res.exists()  # nothing written for a refused command
+    with pytest.raises(config.ConfigError, match=r"unknown parameter 'lora_varient' \(did you mean lora_variant\b.*valid parameters: .*lora_variant"):
+        book.setup_chapter("cpu", tmp_path / "run", lora_varient="attn")  # a chapter's own parameter
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"unknown training parameter\(s\) \['epoch'\]; valid: .*epochs"):
+        T.TrainConfig.from_cfg(config.resolve("cpu"), epoch=1)
+    with pytest.raises(ValueError, match=r"lora_variant 'qkv' unknown; valid: attn, attn_mlp"):
+        T.TrainConfig.from_cfg(config.resolve("cpu", lora_variant="qkv"))
+
+
+def test_checkpoint_and_adapter_mismatch_messages_say_what_to_do(tmp_path):
+    from lib import model as M
+    from lib import train as T
+
+    where = tmp_path / "run" / "training" / "s" / "checkpoints"
+    saved = {"lora_variant": "attn", "base_model": {"model_name_or_path": "tiny", "config_sha256": "1"}, "seed": 0}
+    T.check_fingerprint(saved, dict(saved), where)  # the same run: accepted
+    for change in ({"lora_variant": "attn_mlp"}, {"base_model": {"model_name_or_path": "Qwen/Qwen2-Audio-7B-Instruct", "config_sha256": "2"}}):
+        with pytest.raises(T.CheckpointMismatchError) as err:
+            T.check_fingerprint(saved, {**saved, **change}, where)
+        text = str(err.value)
+        key = next(iter(change))
+        assert str(where) in text and f"{key}: checkpoint" in text and "delete" in text and "another run folder" in text, text
+    expected = {"model_name_or_path": "tiny", "config_sha256": "a", "weights_sha256": {"model.safetensors": "1"}}
+    with pytest.raises(M.AdapterMismatchError) as err:
+        M.check_base_model(expected, {**expected, "model_name_or_path": "/elsewhere", "weights_sha256": {"model.safetensors": "2"}},
+                           what="adapter results/cpu/book/systems/s/adapter")
+    text = str(err.value)
+    assert "results/cpu/book/systems/s/adapter" in text and "weights_sha256" in text and "'tiny'" in text
+    assert "load it on the base model it was trained on" in text and "train it again" in text
+    (tmp_path / "not-an-adapter").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"not-an-adapter holds no adapter_config\.json: not a saved adapter"):
+        M.load_adapter(None, tmp_path / "not-an-adapter")
+
+
+# ============================================================================ 2. interrupted runs
+
+PARAMS = 'profile = "cpu"\nrun_dir = None\nseed = None\n'
+
+
+def _chapter(folder: Path, name: str, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, nbformat.v4.new_code_cell(body)]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+# A chapter that writes predictions (40 clips, seeded p_speech); with the flag file present it writes a
+# big table again and again (through the writer write_predictions ends with), so that a kill can be aimed
+# at the middle of a write.
+PREDICTIONS_CHAPTER = """
+import pathlib, time
+import numpy as np
+import lib.book, lib.io, lib.results
+cfg = lib.book.setup_chapter(profile, run_dir, seed=seed)
+def table(n):
+    p = np.random.default_rng(cfg["seed"]).random(n)
+    return lib.results.predictions_frame(run_id=cfg["run_id"], system="coin", seed=cfg["seed"],
+        clip_ids=[f"c{{i:06d}}" for i in range(n)], labels=["speech", "nonspeech"] * (n // 2), p_speech=p)
+flag = pathlib.Path({flag!r})
+if flag.exists():
+    big = table(200_000)
+    while True:
+        lib.io.write_csv(pathlib.Path(cfg["run_dir"], "predictions.csv"), big)
+lib.results.write_predictions(cfg["run_dir"], table(40))
+"""
+
+MARK_CHAPTER = """
+import pathlib
+import lib.book
+cfg = lib.book.setup_chapter(profile, run_dir, seed=seed)
+pathlib.Path(cfg["run_dir"], "01.mark").write_text(str(cfg["seed"]))
+"""
+
+METRICS_CHAPTER = """
+import pathlib
+import lib.book, lib.io, lib.results, lib.stats
+cfg = lib.book.setup_chapter(profile, run_dir, seed=seed)
+pred = lib.results.read_predictions(cfg["run_dir"])
+pred["group_id"] = "g" + (pred["clip_id"].str[1:].astype(int) // 4).astype(str)
+lib.io.write_json(pathlib.Path(cfg["run_dir"], "metrics.json"), lib.stats.metrics_json(pred, n_boot=200, seed=0, smoke=True))
+"""
+
+
+def _filling(folder: Path, pattern: str) -> bool:
+    """Whether a temporary file matching ``pattern`` exists and has begun to fill (it may vanish meanwhile)."""
+    for p in folder.glob(pattern):
+        try:
+            if p.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+@pytest.mark.slow
+def test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes(tmp_path):
+    nbs, res, flag = tmp_path / "notebooks", tmp_path / "results", tmp_path / "slow"
+    nbs.mkdir()
+    _chapter(nbs, "01_first", MARK_CHAPTER)
+    _chapter(nbs, "02_predictions", PREDICTIONS_CHAPTER.format(flag=str(flag)))
+    cmd = [sys.executable, "-m", "lib", "book", "--run-id", "k", "--results-dir", str(res), "--notebooks-dir", str(nbs),
+           "--set", "sweep_seeds=[]", "--set", "seed=4"]
+    first = subprocess.run(cmd, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = res / "cpu" / "k"
+    good = {name: (run / name).read_bytes() for name in ("02_predictions.ipynb", "predictions.csv")}
+
+    # The same command on the complete run runs it again; kill it while chapter 02 is writing.
+    flag.write_text("x")
+    proc = subprocess.Popen(cmd, cwd=config.PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        # aim at the middle of a write: its temporary file exists and has begun to fill
+        while not _filling(run, ".predictions.csv.*.tmp.csv"):
+            assert proc.poll() is None, "the runner ended before it could be killed"
+            assert time.monotonic() < deadline, "chapter 02 never started writing"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, no chance to clean up
+    finally:
+        proc.wait()
+    status = book.read_status(run)
+    assert status["state"] == "incomplete" and status["chapters"]["01_first"]["state"] == "done"
+    assert (run / "02_predictions.ipynb").read_bytes() == good["02_predictions.ipynb"]  # the last good executed chapter
+    now = (run / "predictions.csv").read_bytes()
+    if now != good["predictions.csv"]:  # a complete newer table is fine; a half-written one is not
+        assert len(results.read_predictions(run)) == 200_000
+
+    flag.unlink()
+    again = subprocess.run(cmd, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "01_first: already done" in again.stdout
+    assert book.read_status(run)["state"] == "complete"
+    assert (run / "predictions.csv").read_bytes() == good["predictions.csv"]  # same seed, same table
+    leftovers = [p for p in run.rglob(".*") if re.search(r"\.tmp|\.old\.", p.name)]
+    assert not leftovers, f"the rerun left what the kill half-wrote: {leftovers}"
+
+
+# ============================================================================ 3. reproducibility
+
+
+def test_a_freshly_loaded_model_scores_identically():
+    from lib import model as M
+
+    rng = np.random.default_rng(5)
+    clips = [(0.1 * rng.standard_normal(int(n))).astype(np.float32) for n in rng.integers(800, 8000, 6)]
+    first = M.score(*M.load_model("tiny"), clips, batch_size=4)
+    second = M.score(*M.load_model("tiny"), clips, batch_size=4)
+    assert np.array_equal(first.logits, second.logits) and np.array_equal(first.p_speech, second.p_speech)
+
+
+def _predictions(seed: int, n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = ["speech", "nonspeech"] * (n // 2)
+    df = results.predictions_frame(run_id="r", system="s", clip_ids=[f"c{i:03d}" for i in range(n)], labels=labels,
+                                   p_speech=np.clip(rng.normal(np.where(np.array(labels) == "speech", 0.65, 0.35), 0.2), 0, 1))
+    df["group_id"] = [f"g{i // 3}" for i in range(n)]
+    return df
+
+
+def test_metrics_json_is_identical_on_identical_predictions():
+    from lib import stats
+
+    a = stats.metrics_json(_predictions(1), n_boot=300, seed=0)
+    b = stats.metrics_json(_predictions(1), n_boot=300, seed=0)
+    shuffled = stats.metrics_json(_predictions(1).sample(frac=1, random_state=3), n_boot=300, seed=0)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) == json.dumps(shuffled, sort_keys=True)
+    other_seed = stats.metrics_json(_predictions(1), n_boot=300, seed=1)
+    assert json.dumps(other_seed["systems"]) != json.dumps(a["systems"])  # the bootstrap seed matters, so it is fixed
+
+
+def test_run_folder_records_its_provenance(tmp_path):
+    from importlib import metadata
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest.csv").write_text("path,label,category\na.flac,speech,speech\n")
+    cfg = config.resolve("cpu", data_dir=str(corpus), seed=9)
+    book.write_params(tmp_path / "run", "cpu", {"data_dir": str(corpus), "seed": 9}, cfg)
+    params = yaml.safe_load((tmp_path / "run" / "params.yaml").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+    assert params["git"]["commit"] == head and isinstance(params["git"]["dirty"], bool)
+    assert params["corpus_manifest_sha256"] == hashlib.sha256((corpus / "manifest.csv").read_bytes()).hexdigest()
+    assert params["packages"]["torch"] == metadata.version("torch") and params["packages"]["transformers"] == metadata.version("transformers")
+    assert params["overrides"] == {"data_dir": str(corpus), "seed": 9} and params["resolved"]["seed"] == 9
+    assert params["profile"] == "cpu" and params["python"] == sys.version.split()[0]
+
+
+def _without_run_id(obj):
+    if isinstance(obj, dict):
+        return {k: _without_run_id(v) for k, v in obj.items() if k != "run_id"}
+    if isinstance(obj, list):
+        return [_without_run_id(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_rerun_from_the_folder_alone_gives_the_same_outputs(tmp_path):
+    nbs, res = tmp_path / "notebooks", tmp_path / "results"
+    nbs.mkdir()
+    _chapter(nbs, "01_predictions", PREDICTIONS_CHAPTER.format(flag=str(tmp_path / "never")))
+    _chapter(nbs, "02_metrics", METRICS_CHAPTER)
+    overrides = {"seed": 7, "sweep_seeds": []}
+    book.run_book("cpu", overrides, run_id="orig", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    orig = res / "cpu" / "orig"
+
+    out = subprocess.run([sys.executable, "-m", "lib", "rerun", str(orig), "--run-id", "again", "--notebooks-dir", str(nbs)],
+                         cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = res / "cpu" / "again"
+    assert book.read_status(again)["state"] == "complete" and list(book.read_status(again)["chapters"]) == ["01_predictions", "02_metrics"]
+    p_orig, p_again = book.read_params(orig), book.read_params(again)
+    assert p_again["overrides"] == p_orig["overrides"] == overrides and p_again["profile"] == "cpu"
+    a, b = results.read_predictions(orig), results.read_predictions(again)
+    assert set(a["run_id"]) == {"orig"} and set(b["run_id"]) == {"again"}
+    pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
+    m_orig = json.loads((orig / "metrics.json").read_text())
+    m_again = json.loads((again / "metrics.json").read_text())
+    assert _without_run_id(m_orig) == _without_run_id(m_again) and m_orig["smoke"] is True
+
+
+# ============================================================================= 4. atomic writes
+
+# Writers that put bytes on disk. A call is atomic when it sits inside ``with io.atomic_path(...)`` /
+# ``io.atomic_dir(...)``, writes to an in-memory buffer, or is a function only ever called inside one.
+ATTR_WRITERS = {"to_csv", "to_parquet", "to_json", "to_pickle", "savefig", "save_pretrained", "save_file", "write_text",
+                "write_bytes", "extractall", "copytree", "copyfile"}
+MODULE_WRITERS = {("torch", "save"), ("np", "save"), ("numpy", "save"), ("np", "savez"), ("json", "dump"), ("yaml", "dump"),
+                  ("yaml", "safe_dump"), ("joblib", "dump"), ("pickle", "dump"), ("wavfile", "write"), ("sf", "write"),
+                  ("soundfile", "write"), ("shutil", "copy"), ("shutil", "copy2"), ("shutil", "move")}
+ALLOWED = {
+    ("data.py", "_lock"): "an flock lock file; it holds no data",
+    ("downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
+}
+
+
+def _name(node) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def _scan(path: Path) -> tuple[list[tuple[str, int, str]], dict[str, list[bool]]]:
+    """(unprotected writes as (function, line, writer), {called function name: [inside an atomic block?]})."""
+    writes: list[tuple[str, int, str]] = []
+    calls: dict[str, list[bool]] = {}
+
+    def visit(node, atomic: bool, func: str) -> None:
+        if isinstance(node, (ast.With, ast.AsyncWith)) and any(
+                isinstance(i.context_expr, ast.Call) and _name(i.context_expr.func) in ("atomic_path", "atomic_dir") for i in node.items):
+            atomic = True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            func = node.name
+        if isinstance(node, ast.Call):
+            f, hit = node.func, None
+            if isinstance(f, ast.Attribute):
+                receiver = _name(f.value)
+                if (receiver, f.attr) in MODULE_WRITERS:  # yaml.dump without a stream only returns a string
+                    to_file = receiver != "yaml" or len(node.args) > 1 or any(k.arg == "stream" for k in node.keywords)
+                    hit = f"{receiver}.{f.attr}" if to_file else None
+                elif f.attr in ATTR_WRITERS and receiver != "io":  # lib.io's own write_text etc. are atomic
+                    hit = f".{f.attr}"
+            elif isinstance(f, ast.Name) and f.id == "open":
+                mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+                if mode is not None and not (isinstance(mode, ast.Constant) and not set(str(mode.value)) & set("wax+")):
+                    hit = "open"
+            first = node.args[0] if node.args else None
+            if hit and not atomic and "buf" not in (_name(first) or ""):
+                writes.append((func, node.lineno, hit))
+            if _name(f):
+                calls.setdefault(_name(f), []).append(atomic)
+        for child in ast.iter_child_nodes(node):
+            visit(child, atomic, func)
+
+    visit(ast.parse(path.read_text()), False, "<module>")
+    return writes, calls
+
+
+def test_every_writer_in_lib_is_atomic():
+    scans = {p.name: _scan(p) for p in sorted(LIB.glob("*.py")) if p.name != "io.py"}
+    calls: dict[str, list[bool]] = {}
+    for _, c in scans.values():
+        for name, flags in c.items():
+            calls.setdefault(name, []).extend(flags)
+    offenders = []
+    for file, (writes, _) in scans.items():
+        for func, line, writer in writes:
+            if (file, func) in ALLOWED:
+                continue
+            if calls.get(func) and all(calls[func]):  # a helper only ever called inside an atomic block
+                continue
+            offenders.append(f"lib/{file}:{line} {writer} in {func}()")
+    assert not offenders, ("writes that bypass lib.io (use io.write_csv/json/yaml/text, io.save_figure, or write inside "
+                           "io.atomic_path / io.atomic_dir):\n" + "\n".join(offenders))
+
+
+def test_the_writer_audit_catches_a_plain_write(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import pandas as pd\nfrom lib import io\ndef f(df, p, fig):\n    df.to_csv(p)\n"
+                   "    with io.atomic_path(p) as t:\n        fig.savefig(t)\n    io.write_text(p, 'x')\n")
+    writes, _ = _scan(bad)
+    assert [(w[0], w[2]) for w in writes] == [("f", ".to_csv")]
+
+
+class DiskFull(OSError):
+    pass
+
+
+def _half_then_fail(target) -> None:
+    """What a crash mid-write does: a few bytes reach the target, then the writer fails."""
+    Path(target).write_bytes(b"half a fi")
+    raise DiskFull(f"no space left while writing {target}")
+
+
+def test_failed_write_keeps_the_old_predictions(tmp_path, monkeypatch):
+    results.write_predictions(tmp_path, _predictions(1).drop(columns="group_id"))
+    before = _files(tmp_path)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda self, path, **kw: _half_then_fail(path))
+    with pytest.raises(DiskFull):
+        results.write_predictions(tmp_path, _predictions(2, n=10).assign(system="other").drop(columns="group_id"))
+    assert _files(tmp_path) == before  # the old table, byte for byte, and no temporary left
+
+
+def test_failed_write_keeps_the_old_bank(synthetic_corpus, tmp_path, monkeypatch):
+    cfg = config.resolve("cpu", data_dir=str(synthetic_corpus), bank_dir=str(tmp_path), durations_ms=[50], snrs_db=[0],
+                         noise_types=["white"], clips_per_cell=3, max_sources_per_class=8, bandlimit_augment=False)
+    manifest = data.build_bank(cfg, progress=False)
+    before = _files(tmp_path)
+    real = io.write_csv
+    monkeypatch.setattr(io, "write_csv", lambda path, df, **kw: (
+        _half_then_fail(path) if Path(path).name == "manifest.csv" else real(path, df, **kw)))
+    with pytest.raises(DiskFull):
+        data.build_bank(cfg, force=True, progress=False)
+    assert _files(tmp_path) == before
+    assert len(data.load_bank(manifest)) == 3 * 2
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from lib import train as T
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    T.save_checkpoint(tmp_path, {"step": 1, "epoch": 0, "micro": 1}, model, opt, sched)
+    before = _files(tmp_path)
+    real = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (
+        _half_then_fail(f) if Path(f).name == "scheduler.pt" else real(obj, f, *a, **k)))
+    with pytest.raises(DiskFull):
+        T.save_checkpoint(tmp_path, {"step": 2, "epoch": 0, "micro": 2}, model, opt, sched)
+    assert _files(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["step-0000001"]
+    assert T.latest_checkpoint(tmp_path).name == "step-0000001"
+    monkeypatch.undo()
+    assert T.load_checkpoint(tmp_path / "step-0000001", model, opt, sched)["step"] == 1
+
+
+def test_failed_write_keeps_the_old_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    io.save_figure(fig, tmp_path / "fig")
+    before = _files(tmp_path)
+    monkeypatch.setattr(fig, "savefig", lambda target, **kw: _half_then_fail(target))
+    with pytest.raises(DiskFull):
+        io.save_figure(fig, tmp_path / "fig")
+    plt.close(fig)
+    assert _files(tmp_path) == before and sorted(before) == ["fig.pdf", "fig.png"]
+
+
+def test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored(tmp_path):
+    run = tmp_path / "run"
+    (run / "training" / "s" / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run / "predictions.csv").write_text("good")
+    # what a SIGKILL mid-write leaves: a temporary file, a temporary folder, and (between atomic_dir's two
+    # renames) a last good folder moved aside with nothing in its place
+    (run / ".predictions.csv.abcd1234.tmp.csv").write_text("ha")
+    (run / "training" / "s" / "checkpoints" / ".step-0000003.x1y2z3_4.tmp").mkdir()
+    (run / "systems" / ".adapter.old.4242").mkdir(parents=True)
+    (run / "systems" / ".adapter.old.4242" / "adapter_model.safetensors").write_text("last good adapter")
+    (run / ".02_training.running.ipynb").write_text("{}")  # papermill's partial copy: replaced by the next run
+    cleared = io.clear_leftovers(run)
+    assert len(cleared) == 3
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        ".02_training.running.ipynb", "predictions.csv", "systems", "systems/adapter", "systems/adapter/adapter_model.safetensors",
+        "training", "training/s", "training/s/checkpoints", "training/s/checkpoints/step-0000002"]
+    assert (run / "predictions.csv").read_text() == "good"
+    assert (run / "systems" / "adapter" / "adapter_model.safetensors").read_text() == "last good adapter"
+
+
+# ================================================================================== 5. fuzzing
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+unit = st.floats(min_value=-1, max_value=1, allow_nan=False, width=32)
+
+
+@SETTINGS
+@given(data_=st.data(), snr=st.floats(-10, 20), s_exp=st.integers(-6, 3), n_exp=st.integers(-6, 3))
+def test_mixing_reaches_the_snr_over_a_window_at_any_level(data_, snr, s_exp, n_exp):
+    n = data_.draw(st.integers(8, 1200), label="length")
+    s = data_.draw(arrays(np.float32, n, elements=unit), label="signal") * np.float32(10.0 ** s_exp)
+    z = data_.draw(arrays(np.float32, n, elements=unit), label="noise") * np.float32(10.0 ** n_exp)
+    a = data_.draw(st.integers(0, n - 4), label="window start")
+    w = slice(a, data_.draw(st.integers(a + 4, n), label="window end"))
+    assume(audio.power(s[w]) > 1e-20 and audio.power(z[w]) > 1e-20)
+    mix, sc, nc = audio.mix_at_snr(s, z, snr, return_components=True, window=w)
+    assert mix.dtype == np.float32 and len(mix) == n and np.isfinite(mix).all()
+    assert abs(audio.snr_db(sc[w], nc[w]) - snr) < 0.01
+    np.testing.assert_array_equal(sc, s)  # the signal is never rescaled
+
+
+@SETTINGS
+@given(x=arrays(np.float32, st.integers(2, 2000), elements=unit), exp=st.integers(-7, 3))
+def test_rms_normalization_reaches_its_target_unless_the_peak_limits_it(x, exp):
+    x = x * np.float32(10.0 ** exp)
+    assume(np.abs(x).max() >= audio.SILENCE_PEAK * 10)
+    y = audio.normalize(x, "rms")
+    assert np.isfinite(y).all() and np.abs(y).max() <= np.float32(audio.TARGET_PEAK)
+    x64 = x.astype(np.float64)
+    crest_db = 20 * np.log10(np.abs(x64).max() / np.sqrt(np.mean(x64 ** 2)))
+    if crest_db < 20 * np.log10(audio.TARGET_PEAK) - audio.TARGET_RMS_DBFS - 0.01:  # the peak does not bind
+        assert abs(audio.rms_dbfs(y) - audio.TARGET_RMS_DBFS) < 0.01
+    else:
+        assert np.isclose(np.abs(y).max(), audio.TARGET_PEAK, rtol=1e-5)
+
+
+@SETTINGS
+@given(x=arrays(np.float32, st.integers(1, 500), elements=unit), where=st.floats(0, 1),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), mode=st.sampled_from(audio.NORMALIZATIONS))
+def test_nonfinite_input_never_normalizes(x, where, bad, mode):
+    x = x.copy()
+    x[int(where * (len(x) - 1))] = bad
+    with pytest.raises(ValueError, match=r"clip c7 has NaN or infinite samples"):
+        audio.normalize(x, mode, name="c7")
+
+
+@SETTINGS
+@given(ms=st.floats(20, 1000), extra=st.integers(0, 3000), frac=st.floats(0, 1),
+       dtype=st.sampled_from([np.int16, np.float32, np.float64]))
+def test_cut_length_for_any_dtype_and_start(ms, extra, frac, dtype):
+    n = audio.n_samples(ms)
+    x = (np.arange(n + extra) % 1000).astype(dtype)
+    start = int(frac * extra)
+    y = audio.cut(x, ms, start, name="src")
+    assert len(y) == n == round(ms * SR / 1000) and y.dtype == np.float32
+    assert y[0] == x[start]
