@@ -69,6 +69,10 @@ TINY_AUDIO = {"d_model": 128, "encoder_layers": 2, "encoder_attention_heads": 4,
 TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 4, "max_position_embeddings": 2048}
 TINY_VOCAB = 600
+# Unit-gain random init (std = width ** -0.5) instead of the 7B's 0.02: at width 128 the latter shrinks every
+# signal through each layer, and a random tiny model so initialised barely learns in the cpu profile's budget.
+TINY_INIT_STD = 128 ** -0.5
+TINY_VERSION = 2  # bump when the tiny model's recipe changes: an older build is rebuilt on first use
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -125,7 +129,7 @@ def _train_tokenizer(vocab_size: int = TINY_VOCAB):
                           errors="replace")
 
 
-def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, init_std: float = TINY_INIT_STD) -> Path:
     """Build, seed and save the tiny Qwen2-Audio (model, processor, generation config) in ``out_dir``.
 
     The folder is written atomically: a crash leaves either no folder or the complete one.
@@ -144,8 +148,9 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0) ->
                                  n_fft=400, padding_value=0.0, return_attention_mask=True)
     processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)  # the Instruct chat template
     config = Qwen2AudioConfig(
-        audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO},
+        audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO, "initializer_range": init_std},
         text_config={**QWEN2_AUDIO_7B_CONFIG["text_config"], **TINY_TEXT, "vocab_size": len(tokenizer),
+                     "initializer_range": init_std,
                      "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
                      "pad_token_id": ids["<|endoftext|>"]},
         audio_token_index=ids["<|AUDIO|>"],
@@ -164,7 +169,7 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0) ->
         weights = sorted(tmp.glob("*.safetensors"))
         io.write_json(tmp / BUILD_INFO, {
             "what": "tiny Qwen2-Audio with random weights, built by lib.model.build_tiny_model (SMOKE model)",
-            "seed": seed, "weights_sha256": {p.name: io.sha256_file(p) for p in weights},
+            "version": TINY_VERSION, "seed": seed, "init_std": init_std, "weights_sha256": {p.name: io.sha256_file(p) for p in weights},
         })
     return out_dir
 
@@ -172,7 +177,8 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0) ->
 def ensure_tiny_model() -> Path:
     """The tiny model's folder, built on first use and reused afterwards."""
     path = tiny_model_dir()
-    if not (path / BUILD_INFO).exists():
+    info = path / BUILD_INFO
+    if not info.exists() or json.loads(info.read_text()).get("version") != TINY_VERSION:
         build_tiny_model(path)
     return path
 
@@ -286,6 +292,21 @@ def base_fingerprint(model_name_or_path: str) -> dict[str, Any]:
     if (path / BUILD_INFO).exists():
         info["weights_sha256"] = json.loads((path / BUILD_INFO).read_text())["weights_sha256"]
     return info
+
+
+@contextlib.contextmanager
+def attention_backends(model):
+    """On CUDA: scaled-dot-product attention without its cuDNN backend within the block (flash or memory-efficient
+    kernels instead, same result to rounding). cuDNN builds an execution plan for every new (batch, length) shape,
+    forward and backward; training on variable-length micro-batches meets a new shape at nearly every step, and
+    the plans cost the seed recipe about 7 s of its first run on an H100 (bench/NOTES.md). On the CPU: nothing."""
+    if unwrap(model).lm_head.weight.device.type != "cuda":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
 
 
 def unwrap(model):
