@@ -904,9 +904,11 @@ def generate_answers(model, processor, audios: Sequence[np.ndarray], prompt: str
 class LoraScorer:
     """A fine-tuned system: base model + LoRA adapter, scoring clips through :func:`score`."""
 
-    def __init__(self, name: str, model, processor, prompt: str, batch_size: int = 16, progress: bool = False):
+    def __init__(self, name: str, model, processor, prompt: str, batch_size: int = 16, progress: bool = False,
+                 normalization: str | None = None):
         self.name, self.model, self.processor = name, model, processor
         self.prompt, self.batch_size, self.progress = prompt, batch_size, progress
+        self.normalization = normalization  # the level normalization its clips were trained under
 
     def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         return score(self.model, self.processor, audios, self.prompt, batch_size=self.batch_size,
@@ -954,7 +956,8 @@ def load_scorer(system_dir: str | os.PathLike, info: dict, *, model_name_or_path
     peft_model = load_adapter(model, system_dir / info.get("adapter", "adapter"), base_model=base,
                               expected_fingerprint=info.get("base_fingerprint"))
     return LoraScorer(info.get("name", system_dir.name), peft_model, processor, info.get("prompt", DEFAULT_PROMPT),
-                      batch_size=batch_size or int(info.get("eval_batch_size", 16)), progress=progress)
+                      batch_size=batch_size or int(info.get("eval_batch_size", 16)), progress=progress,
+                      normalization=info.get("normalization"))
 
 
 def zero_shot_scorer(model_name_or_path: str, prompt: str = DEFAULT_PROMPT, name: str = "zero_shot",

@@ -231,7 +231,8 @@ def batch_loss(model, processor, audios: Sequence[np.ndarray], answers: Sequence
     import torch
 
     inputs = M.make_inputs(processor, audios, tc.prompt, short_encoder=short_encoder, answers=answers)
-    h = M.hidden_states(model, inputs)
+    with M.attention_backends(model):  # SDPA's backward uses the forward's kernel
+        h = M.hidden_states(model, inputs)
     ids = inputs["input_ids"].to(h.device)
     mask = inputs["attention_mask"].to(h.device).bool()
     targets = ids[:, 1:]
@@ -561,6 +562,7 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
     }
     systems.save_system(run_dir, name, "lora", base_model=base_name, adapter="adapter", prompt=tc.prompt,
                         quantization=cfg.get("quantization", "none"), torch_dtype=cfg.get("torch_dtype", "float32"),
+                        normalization=cfg.get("normalization", "none"),  # clips must be scored as they were trained
                         eval_batch_size=tc.eval_batch_size, base_fingerprint=base, train_config=asdict(tc),
                         summary=summary)
     io.write_json(run_dir / "training" / name / "summary.json", summary)
