@@ -80,13 +80,81 @@ def compile_parts(model) -> None:
     q2.apply_rotary_pos_emb = torch.compile(q2.apply_rotary_pos_emb, dynamic=True)
 
 
+def score_e2e(model, processor, paths, lengths, device: str, batch: int) -> dict:
+    """lib.model.score end to end from the WAV files (ClipFiles + lengths: read in the prefetch worker), with the
+    first call's one-time compile timed apart."""
+    out = {}
+    t0 = time.perf_counter()
+    M.score(model, processor, M.ClipFiles(paths[:batch]), batch_size=batch // 4, lengths=lengths[:batch])
+    G.sync(device)
+    out["first_call_s"] = time.perf_counter() - t0
+    for label, kw in (("fused", {}), ("unfused", {"fused": False})):
+        for rep in range(2):
+            G.reset_peak(device)
+            t0 = time.perf_counter()
+            M.score(model, processor, M.ClipFiles(paths), batch_size=batch, lengths=lengths, **kw)
+            G.sync(device)
+            s = time.perf_counter() - t0
+            out[f"{label}_{rep}"] = {"seconds": s, "clips_per_s": len(paths) / s, "peak_gib": G.peak_gib(device)}
+            print("score e2e", label, rep, out[f"{label}_{rep}"], flush=True)
+    t0 = time.perf_counter()
+    audios = G.load(paths)
+    out["load_all_first_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    M.score(model, processor, audios, batch_size=batch)
+    G.sync(device)
+    out["preloaded_score_s"] = time.perf_counter() - t0
+    print("score preloaded", out["load_all_first_s"], out["preloaded_score_s"], flush=True)
+    return out
+
+
+def train_profiles(model, processor, paths, device: str) -> dict:
+    """The book's recipe under cProfile (top functions by cumulative time), bf16 then NF4 variants."""
+    import cProfile
+    import io
+    import pstats
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.savefig(io.BytesIO(), format="png")
+    fig.savefig(io.BytesIO(), format="pdf")
+    plt.close(fig)
+    rng = np.random.default_rng(0)
+    labels = list(rng.choice(["speech", "nonspeech"], len(paths)))
+    ctx = {"device": device, "ceilings": {"matmul_flops": 7e14, "copy_bytes_per_s": 3e12}, "prompt": G.prompt_tokens(processor)}
+    out = {}
+    runs = [("bf16", G.recipe(16, 1)), ("bf16", G.recipe(16, 1)), ("nf4", G.recipe(16, 1, gradient_checkpointing=True)),
+            ("nf4", G.recipe(4, 4)), ("nf4", G.recipe(8, 2))]
+    for i, (dtype, tc) in enumerate(runs):
+        if dtype == "nf4" and not getattr(model, "is_loaded_in_4bit", False):
+            A.quantize_nf4_(model, "bfloat16")
+        prof = cProfile.Profile()
+        prof.enable()
+        model, row = G.training_figure(model, processor, paths, labels, dtype, "book", tc, ctx)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+        text = buf.getvalue()
+        lines = [ln for ln in text.splitlines() if ln.strip()][:45]
+        print("\n".join(lines[-32:]), flush=True)
+        out[f"{i}_{dtype}_{tc.micro_batch_size}x{tc.grad_accum_steps}{'_gc' if tc.gradient_checkpointing else ''}"] = {
+            "row": row, "profile": lines}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--clips", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--train-clips", type=int, default=128)
     ap.add_argument("--variants", default="base,fused_norm,compiled")
+    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
     args = ap.parse_args(argv)
     import torch
@@ -104,6 +172,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         sets = G.make_sets(Path(tmp), args.clips)
         paths = sets["mix"]
+        only = set(args.only.split(","))
+        if "score_e2e" in only or "train" in only:
+            lengths = [len(a) for a in G.load(paths)]
+            model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+            if "score_e2e" in only:
+                res["score_e2e"] = score_e2e(model, processor, paths, lengths, device, args.batch)
+            if "train" in only:
+                res["train"] = train_profiles(model, processor, sets["mix"][:args.train_clips], device)
+            (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+            return 0
         # ------------------------------------------------------------------------------------ CPU side
         t0 = time.perf_counter()
         audios = G.load(paths)
