@@ -232,7 +232,6 @@ def batch_loss(model, processor, audios: Sequence[np.ndarray], answers: Sequence
 
     inputs = M.make_inputs(processor, audios, tc.prompt, short_encoder=short_encoder, answers=answers)
     with M.attention_backends(model):  # SDPA's backward uses the forward's kernel
-        with M.attention_backends(model):  # SDPA's backward uses the forward's kernel
         h = M.hidden_states(model, inputs)
     ids = inputs["input_ids"].to(h.device)
     mask = inputs["attention_mask"].to(h.device).bool()
