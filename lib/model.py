@@ -309,21 +309,6 @@ def attention_backends(model):
         yield
 
 
-@contextlib.contextmanager
-def attention_backends(model):
-    """On CUDA: scaled-dot-product attention without its cuDNN backend within the block (flash or memory-efficient
-    kernels instead, same result to rounding). cuDNN builds an execution plan for every new (batch, length) shape,
-    forward and backward; training on variable-length micro-batches meets a new shape at nearly every step, and
-    the plans cost the seed recipe about 7 s of its first run on an H100 (bench/NOTES.md). On the CPU: nothing."""
-    if unwrap(model).lm_head.weight.device.type != "cuda":
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        yield
-
-
 def unwrap(model):
     """The ``Qwen2AudioForConditionalGeneration`` inside a peft model (LoRA layers stay injected)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
