@@ -129,7 +129,8 @@ def _train_tokenizer(vocab_size: int = TINY_VOCAB):
                           errors="replace")
 
 
-def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, init_std: float = TINY_INIT_STD) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, init_std: float = TINY_INIT_STD,
+                     audio: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> Path:
     """Build, seed and save the tiny Qwen2-Audio (model, processor, generation config) in ``out_dir``.
 
     The folder is written atomically: a crash leaves either no folder or the complete one.
@@ -148,8 +149,8 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, in
                                  n_fft=400, padding_value=0.0, return_attention_mask=True)
     processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)  # the Instruct chat template
     config = Qwen2AudioConfig(
-        audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO, "initializer_range": init_std},
-        text_config={**QWEN2_AUDIO_7B_CONFIG["text_config"], **TINY_TEXT, "vocab_size": len(tokenizer),
+        audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO, **(audio or {}), "initializer_range": init_std},
+        text_config={**QWEN2_AUDIO_7B_CONFIG["text_config"], **TINY_TEXT, **(text or {}), "vocab_size": len(tokenizer),
                      "initializer_range": init_std,
                      "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
                      "pad_token_id": ids["<|endoftext|>"]},
