@@ -65,14 +65,17 @@ QWEN2_AUDIO_7B_CONFIG: dict[str, Any] = {
 
 # The tiny model: same classes, small sizes. 128 mel bins and 1500 source positions as in the 7B, so the
 # same feature extractor settings and the same 30-s padded path work on it.
-TINY_AUDIO = {"d_model": 128, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 256}
-TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 4, "max_position_embeddings": 2048}
+# Width 64 learns as well as 128 on the cpu bank (it is data-limited) and trains about 2.5x faster.
+TINY_WIDTH = 64
+TINY_AUDIO = {"d_model": TINY_WIDTH, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 2 * TINY_WIDTH}
+TINY_TEXT = {"hidden_size": TINY_WIDTH, "intermediate_size": 2 * TINY_WIDTH, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048}
 TINY_VOCAB = 600
-# Unit-gain random init (std = width ** -0.5) instead of the 7B's 0.02: at width 128 the latter shrinks every
-# signal through each layer, and a random tiny model so initialised barely learns in the cpu profile's budget.
-TINY_INIT_STD = 128 ** -0.5
-TINY_VERSION = 2  # bump when the tiny model's recipe changes: an older build is rebuilt on first use
+# Unit-gain random init (std = width ** -0.5) instead of the 7B's 0.02: at this width the latter shrinks every
+# signal through each layer, and a random tiny model so initialised does not learn in the cpu profile's budget
+# (measured: dev accuracy stays at 0.5).
+TINY_INIT_STD = TINY_WIDTH ** -0.5
+TINY_VERSION = 3  # bump when the tiny model's recipe changes: an older build is rebuilt on first use
 
 
 class ModelNotFoundError(FileNotFoundError):

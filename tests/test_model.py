@@ -26,7 +26,7 @@ def _diverse(models, processor):
     state of a calibration set, so that ``logit_A - logit_B`` changes sign from clip to clip. The same
     change goes into every model given.
     """
-    audios, _ = clip_set(24, seed=9)
+    audios = [*clip_set(len(LENGTHS), seed=2, lengths=LENGTHS)[0], *clip_set(12, seed=3)[0]]  # the clips tested
     with torch.no_grad():
         h = M.hidden_states(models[0], M.make_inputs(processor, audios))[:, -1]
         mean = h.mean(0)
