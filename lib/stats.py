@@ -32,7 +32,8 @@ Intervals (``level`` = 0.95 unless asked otherwise)
 
 Tests for paired systems: McNemar's exact test (``statsmodels``'s ``mcnemar(exact=True)``, the two-sided
 binomial test on the discordant pairs) and its mid-p version (``scipy.stats.binom``), on clips and on
-sources collapsed by majority vote. Psychometric functions, calibration, ROC and power analysis follow;
+sources collapsed by majority vote (a tie within a source broken by the mean probability of the true
+class: ``collapse_majority``). Psychometric functions, calibration, ROC and power analysis follow;
 each function's docstring states its formula.
 """
 from __future__ import annotations
@@ -496,21 +497,50 @@ def _align(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> pd.DataF
             f"{len(only_a)} clips that {names[1]} lacks (e.g. {only_a[:3]}), {names[1]} has {len(only_b)} that "
             f"{names[0]} lacks (e.g. {only_b[:3]}). Score both systems on the same test clips."
         )
-    cols = ["clip_id", "label", "pred"] + (["group_id"] if "group_id" in a.columns else [])
-    m = a[cols].astype({"clip_id": str}).merge(b[["clip_id", "label", "pred"]].astype({"clip_id": str}), on="clip_id", suffixes=("_a", "_b"))
+    both_p = "p_speech" in a.columns and "p_speech" in b.columns
+    own = ["clip_id", "label", "pred"] + (["p_speech"] if both_p else [])
+    cols = own + (["group_id"] if "group_id" in a.columns else [])
+    m = a[cols].astype({"clip_id": str}).merge(b[own].astype({"clip_id": str}), on="clip_id", suffixes=("_a", "_b"))
     if (m["label_a"] != m["label_b"]).any():
         raise ValueError(f"the two systems disagree on the true label of {int((m['label_a'] != m['label_b']).sum())} clips")
-    m["correct_a"] = m["pred_a"] == m["label_a"]
-    m["correct_b"] = m["pred_b"] == m["label_b"]
+    for s in ("a", "b"):
+        m[f"correct_{s}"] = m[f"pred_{s}"] == m[f"label_{s}"]
+        if both_p:  # the probability each system gave the true class: breaks within-group ties
+            p = m[f"p_speech_{s}"].astype(float)
+            m[f"p_true_{s}"] = np.where(m[f"label_{s}"] == POSITIVE, p, 1 - p)
     return m
 
 
-def collapse_majority(correct: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per group: correct when strictly more than half of its clips are correct (a tie counts as not
-    correct). Returns (group names, correct per group)."""
-    frame = pd.DataFrame({"g": groups, "c": np.asarray(correct, float)})
-    share = frame.groupby("g")["c"].mean()
-    return share.index.values, (share.values > 0.5)
+def collapse_majority(correct: np.ndarray, groups: np.ndarray,
+                      p_true: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse one system's clips to one outcome per group by majority vote of correctness.
+
+    A group is right (1.0) when more than half of its clips are correct and wrong (0.0) when fewer
+    than half are. A **tie** (exactly half, possible in groups with an even number of clips; in the cpu
+    bank every test source gives 2 clips, so one error makes a tie) is broken by ``p_true``, the
+    probability the system gave each clip's *true* class (``p_speech`` for speech, ``1 - p_speech`` for
+    non-speech): the group is right when the mean of ``p_true`` over its clips is above 0.5, wrong below
+    (a soft vote: the clip answered right outweighs the one answered wrong when it was answered with
+    more confidence). A tie with no ``p_true``, or with a mean of exactly 0.5, stays undecided (NaN).
+
+    Why not "a tie counts as wrong" (this function's first rule): it biased source-level McNemar against
+    a system whose errors are scattered (one per source: every 2-clip source lost) in favour of one
+    whose errors pile up in few sources. Why not drop tied groups: with 2 clips per source that discards
+    most of the groups where systems differ. The rule is the same for both systems of a pair, so under
+    the null hypothesis (the two systems exchangeable) the discordant groups stay symmetric and the
+    exact test stays valid. ``mcnemar_test`` leaves a group out of a pair's comparison when either
+    system's tie stays undecided, and reports how many groups it left out.
+
+    Returns ``(group names, outcome per group: 1.0 / 0.0 / NaN, tied per group)``.
+    """
+    frame = pd.DataFrame({"g": np.asarray(groups).astype(str), "c": np.asarray(correct, float)})
+    frame["p"] = np.nan if p_true is None else np.asarray(p_true, float)
+    agg = frame.groupby("g").agg(share=("c", "mean"), p=("p", "mean"))
+    share, p = agg["share"].values, agg["p"].values
+    tied = np.isclose(share, 0.5)
+    outcome = np.where(share > 0.5, 1.0, 0.0)
+    outcome[tied] = np.where(p[tied] > 0.5, 1.0, np.where(p[tied] < 0.5, 0.0, np.nan))  # NaN p -> NaN too
+    return agg.index.values, outcome, tied
 
 
 def mcnemar_test(predictions: pd.DataFrame, system_a: Any, system_b: Any, bank: pd.DataFrame | str | Path | None = None,
@@ -521,6 +551,11 @@ def mcnemar_test(predictions: pd.DataFrame, system_a: Any, system_b: Any, bank: 
     group's clips by majority vote of correctness (``collapse_majority``) for each system separately,
     then compares groups, which are independent units. Refuses (``ValueError``) if the clip sets differ.
     ``b``: a right, b wrong; ``c``: a wrong, b right.
+
+    Collapsed, ties within a group are broken by the mean probability of the true class (see
+    ``collapse_majority``); ``ties_a``/``ties_b`` count each system's tied groups and ``dropped`` the
+    groups left out of the comparison because a tie stayed undecided (no ``p_speech``, or a mean of
+    exactly 0.5). ``n`` counts the units compared. On clips all three are 0.
     """
     df = with_bank(predictions, bank, columns=[collapse] if collapse else None) if bank is not None else predictions
     a, b_ = select(df, system_a), select(df, system_b)
@@ -531,19 +566,25 @@ def mcnemar_test(predictions: pd.DataFrame, system_a: Any, system_b: Any, bank: 
             raise ValueError(f"cannot collapse by {collapse!r}: the predictions lack it (pass the bank)")
         m = m.merge(a[["clip_id", collapse]].astype({"clip_id": str}).drop_duplicates("clip_id"), on="clip_id", how="left", suffixes=("", "_g")) if collapse not in m.columns else m
         groups = m[collapse].astype(str).values
-        _, ca = collapse_majority(m["correct_a"].values, groups)
-        _, cb = collapse_majority(m["correct_b"].values, groups)
-        unit = collapse
+        _, oa, ta = collapse_majority(m["correct_a"].values, groups, m["p_true_a"].values if "p_true_a" in m else None)
+        _, ob, tb = collapse_majority(m["correct_b"].values, groups, m["p_true_b"].values if "p_true_b" in m else None)
+        keep = ~(np.isnan(oa) | np.isnan(ob))  # an undecided tie of either system: the group is left out
+        ca, cb, unit = oa[keep] == 1.0, ob[keep] == 1.0, collapse
+        ties_a, ties_b, dropped = int(ta.sum()), int(tb.sum()), int((~keep).sum())
     else:
         ca, cb, unit = m["correct_a"].values, m["correct_b"].values, "clip_id"
+        ties_a = ties_b = dropped = 0
     ca, cb = np.asarray(ca, bool), np.asarray(cb, bool)
     n01 = int((ca & ~cb).sum())  # a right, b wrong
     n10 = int((~ca & cb).sum())
+    nan_if_empty = (lambda v: float(v.mean()) if len(v) else math.nan)
     return {
         "system_a": names[0], "system_b": names[1], "unit": unit, "n": int(len(ca)),
         "both_correct": int((ca & cb).sum()), "a_only": n01, "b_only": n10, "both_wrong": int((~ca & ~cb).sum()),
-        "accuracy_a": float(ca.mean()), "accuracy_b": float(cb.mean()), "difference": float(ca.mean() - cb.mean()),
+        "accuracy_a": nan_if_empty(ca), "accuracy_b": nan_if_empty(cb),
+        "difference": nan_if_empty(ca) - nan_if_empty(cb),
         "p_exact": mcnemar_exact(n01, n10), "p_midp": mcnemar_midp(n01, n10),
+        "ties_a": ties_a, "ties_b": ties_b, "dropped": dropped,
     }
 
 
@@ -1033,6 +1074,27 @@ def mcnemar_sample_size(delta: float, discordance: float, alpha: float = 0.05, p
     za, zb = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(power)
     n = (za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta ** 2)) ** 2 / delta ** 2
     return int(math.ceil(n - 1e-9))
+
+
+def mcnemar_detectable_difference(n: float, discordance: float, alpha: float = 0.05, power: float = 0.8,
+                                  deff: float = 1.0) -> float:
+    """The smallest accuracy difference ``delta`` that ``n`` clips detect with the given power, at
+    discordance rate ``discordance``: the inverse of ``mcnemar_sample_size`` (its formula solved for
+    ``delta`` with ``scipy.optimize.brentq``), with the clips worth ``n / deff`` independent ones.
+    ``nan`` when even ``delta = discordance`` (every discordant clip one way) needs more clips."""
+    if not 0 < discordance <= 1 or n <= 0 or deff < 1:
+        raise ValueError(f"need 0 < discordance ({discordance}) <= 1, n ({n}) > 0 and deff ({deff}) >= 1")
+    za, zb = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(power)
+    n_eff = n / deff
+
+    def need(delta: float) -> float:  # Connor's n, continuous, decreasing in delta on (0, psi]
+        return (za * math.sqrt(discordance) + zb * math.sqrt(max(discordance - delta ** 2, 0.0))) ** 2 / delta ** 2
+
+    if need(discordance) > n_eff:
+        return math.nan
+    if need(1e-9) <= n_eff:
+        return 1e-9
+    return float(optimize.brentq(lambda d: need(d) - n_eff, 1e-9, discordance, xtol=1e-12))
 
 
 def mcnemar_exact_power(n: int, p10: float, p01: float, alpha: float = 0.05) -> float:

@@ -206,19 +206,49 @@ def test_mcnemar_test_on_predictions_and_refusal():
         stats.select(pd.concat([a, a.assign(seed=1)]), "ft")
 
 
-def test_mcnemar_collapsed_by_majority_vote():
-    labels = ["speech"] * 7
-    clips = [f"c{i}" for i in range(7)]
-    groups = ["g1", "g1", "g1", "g2", "g2", "g3", "g3"]
-    # g1: a 3/3, b 1/3 -> a right, b wrong; g2: a 1/2 (tie -> not correct), b 2/2; g3: both 2/2
-    a = frame("a", clips, labels, flip(labels, {3}), groups=groups)
-    b = frame("b", clips, labels, flip(labels, {0, 1}), groups=groups)
+def test_collapse_majority_breaks_ties_by_the_probability_of_the_true_class():
+    correct = np.array([1, 1, 0, 1, 0, 1, 0, 0, 0])
+    groups = np.array(["x", "x", "x", "y", "y", "z", "z", "w", "w"])
+    p_true = np.array([0.9, 0.9, 0.2, 0.8, 0.4, 0.3, 0.7, 0.1, 0.2])
+    names, out, tied = stats.collapse_majority(correct, groups, p_true)
+    got = dict(zip(names, out))
+    # x: 2 of 3 right -> right; y: 1-1 tie, mean p_true 0.6 -> right; z: 1-1 tie, mean exactly 0.5 ->
+    # undecided; w: 0 of 2 -> wrong (no tie, p ignored)
+    assert got["x"] == 1.0 and got["y"] == 1.0 and got["w"] == 0.0 and math.isnan(got["z"])
+    assert dict(zip(names, tied)) == {"w": False, "x": False, "y": True, "z": True}
+    _, no_p, _ = stats.collapse_majority(correct, groups)  # without probabilities a tie stays undecided
+    assert np.isnan(dict(zip(names, no_p))["y"]) and dict(zip(names, no_p))["x"] == 1.0
+
+
+def test_mcnemar_collapsed_by_majority_vote_with_ties():
+    labels = ["speech"] * 9
+    clips = [f"c{i}" for i in range(9)]
+    groups = ["g1"] * 3 + ["g2"] * 2 + ["g3"] * 2 + ["g4"] * 2
+    # a: g1 3/3; g2 1-1 tie, right one sure (0.95), wrong one unsure (p_speech 0.4) -> right; g3 2/2;
+    #    g4 1-1 tie with mean p_true exactly 0.5 -> undecided, so g4 leaves the comparison
+    a = frame("a", clips, labels, flip(labels, {4, 8}), p=[0.9, 0.9, 0.9, 0.95, 0.4, 0.9, 0.9, 0.8, 0.2], groups=groups)
+    # b: g1 1/3 -> wrong; g2 2/2; g3 1-1 tie, wrong one sure (p_speech 0.05), right one unsure (0.6) -> wrong
+    b = frame("b", clips, labels, flip(labels, {0, 1, 5}), p=[0.1, 0.1, 0.9, 0.9, 0.9, 0.05, 0.6, 0.9, 0.9], groups=groups)
     r = stats.mcnemar_test(pd.concat([a, b]), "a", "b", collapse="group_id")
-    assert r["unit"] == "group_id" and r["n"] == 3
-    assert (r["a_only"], r["b_only"], r["both_correct"]) == (1, 1, 1)
-    assert r["p_exact"] == 1.0
-    names, ok = stats.collapse_majority(np.array([1, 1, 0, 1, 0]), np.array(["x", "x", "x", "y", "y"]))
-    assert dict(zip(names, ok)) == {"x": True, "y": False}
+    assert r["unit"] == "group_id" and r["n"] == 3 and r["dropped"] == 1
+    assert (r["ties_a"], r["ties_b"]) == (2, 1)
+    assert (r["a_only"], r["b_only"], r["both_correct"], r["both_wrong"]) == (2, 0, 1, 0)
+    assert r["accuracy_a"] == 1.0 and r["accuracy_b"] == pytest.approx(1 / 3)
+    assert r["p_exact"] == 0.5  # 2 discordant groups, both one way: 2 * 0.5^2
+    # the old rule (a tie counts as wrong) would have scored a's g2 and g4 as misses: 2 vs 2, no difference
+    on_clips = stats.mcnemar_test(pd.concat([a, b]), "a", "b")
+    assert (on_clips["ties_a"], on_clips["ties_b"], on_clips["dropped"]) == (0, 0, 0) and on_clips["n"] == 9
+
+
+def test_mcnemar_collapsed_non_speech_uses_one_minus_p_speech():
+    labels = ["nonspeech"] * 4
+    groups = ["g1", "g1", "g2", "g2"]
+    # a errs once per group; its right answers are sure (p_speech 0.05), its wrong ones unsure (0.55)
+    a = frame("a", ["c0", "c1", "c2", "c3"], labels, flip(labels, {1, 3}), p=[0.05, 0.55, 0.05, 0.55], groups=groups)
+    b = frame("b", ["c0", "c1", "c2", "c3"], labels, flip(labels, {0, 1}), p=[0.9, 0.9, 0.1, 0.1], groups=groups)
+    r = stats.mcnemar_test(pd.concat([a, b]), "a", "b", collapse="group_id")
+    # a: both ties broken to right (mean p_true 0.7); b: g1 wrong, g2 right
+    assert (r["a_only"], r["b_only"], r["both_correct"], r["ties_a"], r["ties_b"]) == (1, 0, 1, 2, 0)
 
 
 def test_mcnemar_table_against_reference_with_holm():
@@ -371,6 +401,21 @@ def test_mcnemar_sample_size_connor_hand_value():
         stats.mcnemar_sample_size(0.2, 0.1)
     power = stats.mcnemar_exact_power(312, 0.075, 0.025)  # the exact test is a little conservative
     assert 0.7 < power < 0.85
+
+
+def test_mcnemar_detectable_difference_inverts_the_sample_size():
+    # Connor's n for delta=.05, psi=.10 is 311.6 (above): 311.6 clips detect exactly .05
+    n = (1.959964 * math.sqrt(0.1) + 0.841621 * math.sqrt(0.0975)) ** 2 / 0.0025
+    assert stats.mcnemar_detectable_difference(n, 0.10) == pytest.approx(0.05, abs=1e-5)
+    d = stats.mcnemar_detectable_difference(192, 0.2)
+    # just above d, 192 clips suffice; a little below, they do not
+    assert stats.mcnemar_sample_size(d + 1e-6, 0.2) <= 192 < stats.mcnemar_sample_size(d - 1e-4, 0.2)
+    # clustered clips are worth fewer: 2x the clips at deff 2 detect what the clips alone would
+    assert stats.mcnemar_detectable_difference(384, 0.2, deff=2.0) == pytest.approx(d)
+    assert stats.mcnemar_detectable_difference(384, 0.2) < d
+    assert math.isnan(stats.mcnemar_detectable_difference(5, 0.1))  # too few clips for any difference
+    with pytest.raises(ValueError):
+        stats.mcnemar_detectable_difference(100, 0.0)
 
 
 def test_two_proportion_sample_size_hand_value():
