@@ -205,6 +205,7 @@ def test_train_system_saves_a_system_that_predict_can_load(clips, tmp_path):
     assert info["kind"] == "lora" and info["base_model"] == "tiny" and info["adapter"] == "adapter"
     assert info["summary"]["smoke"] is True and out["adapter_params"] == out["trainable_params"]
     scorer = systems.load_system(str(tmp_path))
+    assert scorer.normalization == info["normalization"] == "rms"  # predict loads clips the way training saw them
     np.testing.assert_allclose(scorer.score(audios), M.score(out["model"], out["processor"], audios).p_speech,
                                atol=1e-6)
     assert (tmp_path / "training" / "lora_attn" / "loss_curve.png").exists()
