@@ -1,0 +1,111 @@
+"""Chapters 03-05 in functions: train the run's system, score splits, break results down by condition.
+
+System names: ``qwen2audio-zeroshot`` (the base model, no adapter) and ``qwen2audio-<variant>`` for a
+fine-tuned one (``-fullloss`` appended when the loss covers the whole sequence: the ablation). Every
+system writes the predictions table of DESIGN.md for the test split; nothing here chooses anything on
+the test split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import data, results
+from .stats import SYSTEM_KEY, wilson_interval
+
+ZERO_SHOT = "qwen2audio-zeroshot"
+AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
+
+
+def system_name(variant: str, loss_masking: bool = True) -> str:
+    return f"qwen2audio-{variant}" + ("" if loss_masking else "-fullloss")
+
+
+def split_rows(bank: pd.DataFrame, split: str, max_clips: int | None = None, seed: int = 0) -> pd.DataFrame:
+    rows = bank[bank["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the bank has no {split!r} clips: rebuild it (chapter 01) with split_fractions that give every split clips")
+    if max_clips and len(rows) > max_clips:
+        rows = rows.sample(n=int(max_clips), random_state=seed).sort_index()
+    return rows
+
+
+def train_run_system(cfg: Mapping[str, Any], manifest: str | Path, name: str | None = None, progress: bool = True,
+                     **overrides: Any) -> dict[str, Any]:
+    """Train the LoRA system of this run (variant, loss masking and seed from ``cfg``) on train, dev per epoch."""
+    from .train import train_system
+
+    bank = data.load_bank(manifest)
+    train = split_rows(bank, "train", cfg.get("max_train_clips"), int(cfg["seed"]))
+    dev = split_rows(bank, "dev")
+    norm = cfg["normalization"]
+    name = name or system_name(overrides.get("lora_variant", cfg["lora_variant"]), overrides.get("loss_masking", cfg["loss_masking"]))
+    return train_system(
+        dict(cfg), cfg["run_dir"], name, data.load_clips(train, manifest, normalization=norm), train["label"].tolist(),
+        train_ids=train["clip_id"].tolist(), dev_audios=data.load_clips(dev, manifest, normalization=norm),
+        dev_labels=dev["label"].tolist(), progress=progress, **overrides,
+    )
+
+
+def lora_systems(run_dir: str | Path) -> list[str]:
+    """The fine-tuned systems saved in a run folder (kind lora), by name."""
+    out = []
+    for spec in sorted((Path(run_dir) / "systems").glob("*/system.yaml")):
+        if yaml.safe_load(spec.read_text()).get("kind") == "lora":
+            out.append(spec.parent.name)
+    return out
+
+
+def score_split(scorer: Any, bank: pd.DataFrame, manifest: str | Path, cfg: Mapping[str, Any], system: str,
+                split: str = "test", variant: str = "", seed: int | None = None) -> pd.DataFrame:
+    """Score one split with any Scorer and return its predictions table (bank columns not joined)."""
+    rows = split_rows(bank, split)
+    audios = data.load_clips(rows, manifest, normalization=cfg["normalization"])
+    p = np.asarray(scorer.score(audios), dtype=float)
+    return results.predictions_frame(run_id=cfg["run_id"], system=system, variant=variant, seed=seed,
+                                     clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p)
+
+
+def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot: bool = True) -> pd.DataFrame:
+    """Score the test split with the zero-shot model and every fine-tuned system of the run; write predictions."""
+    from .model import zero_shot_scorer
+    from .systems import load_system
+
+    bank = data.load_bank(manifest)
+    run_dir = Path(cfg["run_dir"])
+    frames = []
+    if include_zero_shot:
+        zs = zero_shot_scorer(cfg["model_name_or_path"], prompt=cfg["prompt"], name=ZERO_SHOT, quantization=cfg["quantization"],
+                              torch_dtype=cfg["torch_dtype"], short_encoder=bool(cfg["short_encoder"]), batch_size=int(cfg["eval_batch_size"]))
+        # The base model does not depend on the training seed: one row set (seed -1) however many seeds run.
+        frames.append(score_split(zs, bank, manifest, cfg, ZERO_SHOT, variant="prompt=hand-written"))
+    for name in lora_systems(run_dir):
+        scorer = load_system(f"{run_dir}:{name}")
+        info = yaml.safe_load((run_dir / "systems" / name / "system.yaml").read_text())
+        tc = info.get("train_config", {})
+        frames.append(score_split(scorer, bank, manifest, cfg, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
+    preds = pd.concat(frames, ignore_index=True)
+    results.write_predictions(run_dir, preds)
+    return preds
+
+
+def breakdown(predictions: pd.DataFrame, bank: pd.DataFrame, axis: str, level: float = 0.95) -> pd.DataFrame:
+    """Per system and level of one bank axis: n, accuracy and balanced accuracy, with Wilson intervals."""
+    df = predictions.merge(bank[["clip_id", axis]], on="clip_id", how="left")
+    rows = []
+    for keys, part in df.groupby([*SYSTEM_KEY, axis], sort=True):
+        correct = part["pred"].to_numpy() == part["label"].to_numpy()
+        recalls = [correct[part["label"].to_numpy() == c].mean() for c in results.LABELS if (part["label"] == c).any()]
+        lo, hi = wilson_interval(int(correct.sum()), len(part), level)
+        rows.append({**dict(zip([*SYSTEM_KEY, axis], keys)), "n": len(part), "accuracy": correct.mean(),
+                     "accuracy_lo": lo, "accuracy_hi": hi, "balanced_accuracy": float(np.mean(recalls))})
+    return pd.DataFrame(rows)
+
+
+def present_axes(bank: pd.DataFrame, axes: Sequence[str] = AXES) -> list[str]:
+    """The degradation axes that vary in this bank (the others have one level and break nothing down)."""
+    return [a for a in axes if a in bank.columns and bank[a].nunique(dropna=False) > 1]
