@@ -444,7 +444,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
                 loss = batch_loss(model, processor, [train_audios[i] for i in idx], [answers[i] for i in idx], tc,
                                   short_encoder=short)
                 weight = len(idx) / n_group  # the step's loss is the mean over its clips, whatever the micro-batch
-                (loss * weight).backward()
+                with M.attention_backends(model):  # gradient checkpointing recomputes attention here: same kernels
+                    (loss * weight).backward()
                 total += float(loss.detach()) * weight
             if parallel is not None:  # weights are shares of the whole step: summing gives one process's gradient
                 total = parallel.sum_gradients(params, total)

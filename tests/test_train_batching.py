@@ -43,3 +43,19 @@ def test_learning_rate_rule_and_batch_split():
     assert T.split_batch(16, 2) == (2, 8)
     with pytest.raises(ValueError):
         T.scaled_learning_rate(1e-3, 16, 32, rule="cubic")
+
+
+def test_attention_backends_cover_the_backward_for_gradient_checkpointing(tmp_path):
+    """Checkpointed layers recompute attention during backward: it must run under the same SDPA backends as the
+    forward (on CUDA), or the recomputed tensors differ and torch refuses. On the CPU the context is a no-op; here
+    the recipe with checkpointing must still train."""
+    rng = np.random.default_rng(1)
+    clips = [(0.2 * rng.standard_normal(int(k))).astype(np.float32) for k in rng.integers(1600, 8000, 6)]
+    labels = list(rng.choice(["speech", "nonspeech"], 6))
+    model, processor = M.load_model(M.TINY)
+    tc = T.TrainConfig(epochs=1, micro_batch_size=3, gradient_checkpointing=True, checkpoint_every_steps=1000)
+    res = T.train(T.apply_lora(model, tc), processor, clips, labels, tc, tmp_path / "gc", progress=False)
+    assert np.isfinite(res.history["loss"]).all()
+    import inspect
+    src = inspect.getsource(T.train)
+    assert "with M.attention_backends(model):" in src and ".backward()" in src.split("with M.attention_backends(model):")[1][:120]
