@@ -268,3 +268,22 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_same_adapter(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = yaml.safe_load((tmp_path / "killed" / "systems" / "s" / "system.yaml").read_text())["summary"]
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 24
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_the_tiny_model_learns_on_the_cpu_bank(data_dir, tmp_path):
+    """The cpu profile end to end on the real corpus: far above chance on the test split (a SMOKE result)."""
+    from lib import config, data, stats
+
+    cfg = config.resolve("cpu", data_dir=str(data_dir))
+    bank = data.load_bank(data.build_bank(cfg, progress=False))
+    parts = {s: bank[bank["split"] == s] for s in ("train", "dev", "test")}
+    clips = {s: data.load_clips(df, normalization=cfg["normalization"]) for s, df in parts.items()}
+    out = T.train_system(cfg, tmp_path, "lora", clips["train"], parts["train"]["label"].tolist(),
+                         train_ids=parts["train"]["clip_id"].tolist(), dev_audios=clips["dev"],
+                         dev_labels=parts["dev"]["label"].tolist(), progress=False)
+    p = systems.load_system(f"{tmp_path}:lora").score(clips["test"])
+    correct = (p >= 0.5) == (parts["test"]["label"].to_numpy() == "speech")
+    lo, hi = stats.wilson_interval(int(correct.sum()), len(correct))
+    assert lo > 0.6, f"test accuracy {correct.mean():.3f} [{lo:.3f}, {hi:.3f}] after {out['train_wall_s']:.0f} s of training"
