@@ -67,6 +67,7 @@ def main(argv=None) -> int:
                          "python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+                         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
                          "processor": platform.processor() or platform.machine()},
                  "rows": []}
     print(json.dumps(res["env"]), flush=True)
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
 
     lines = [f"CPU run {res['env']['date_utc']} UTC: {res['env']['cpu_count']} cores ({res['env']['processor']}), "
              f"torch {res['env']['torch']} ({res['env']['torch_threads']} threads), transformers "
-             f"{res['env']['transformers']}, Python {res['env']['python']}.", "",
+             f"{res['env']['transformers']}, Python {res['env']['python']}; load average at start "
+             f"{res['env']['load_average_1min_at_start']} (other processes share these cores: compare within a run).", "",
              "| system | what | clips | seconds | clips/s |", "|---|---|---|---|---|"]
     for r in res["rows"]:
         extra = f" (fit {r['fit_s']} s)" if "fit_s" in r else ""
