@@ -441,11 +441,22 @@ def make_inputs(processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_P
     texts = [head] * len(audios) if answers is None else [head + answer_suffix(processor, prompt, a) for a in answers]
     fe = processor.feature_extractor
     audio_kwargs: dict[str, Any] = {"sampling_rate": fe.sampling_rate}
-    if short_encoder:
-        audio_kwargs["max_length"] = short_feature_samples(max(len(a) for a in audios), fe)
     processor.tokenizer.padding_side = "left"
-    clips = [np.asarray(a, dtype=np.float32) for a in audios]
+    clips = [pad_to_min_audio(np.asarray(a, dtype=np.float32)) for a in audios]
+    if short_encoder:
+        audio_kwargs["max_length"] = short_feature_samples(max(len(c) for c in clips), fe)
     return processor(text=texts, audio=clips, padding=True, return_tensors="pt", audio_kwargs=audio_kwargs)
+
+
+def pad_to_min_audio(clip: np.ndarray) -> np.ndarray:
+    """Zero-pad a clip too short for one audio token (under 30 ms: the encoder's stride and pooling
+    turn 20 ms into zero tokens, so the model would hear nothing) to the shortest length that gives one."""
+    if len(clip) >= MIN_AUDIO_SAMPLES:
+        return clip
+    return np.concatenate([clip, np.zeros(MIN_AUDIO_SAMPLES - len(clip), dtype=clip.dtype)])
+
+
+MIN_AUDIO_SAMPLES = 480  # 30 ms at 16 kHz: 3 mel frames -> 2 after the stride-2 conv -> 1 audio token
 
 
 def n_audio_tokens(n_samples: int, hop: int = 160) -> int:

@@ -111,7 +111,8 @@ def test_audio_token_arithmetic_matches_the_processor(tiny):
     _, processor = tiny
     for n in (320, 481, 800, 1599, 1600, 1601, 7777, 16000, 16001):
         inputs = M.make_inputs(processor, [np.zeros(n, np.float32) + 0.01], short_encoder=False)
-        assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == M.n_audio_tokens(n), n
+        # make_inputs pads clips under one token's length (30 ms) to it, so the model always hears something.
+        assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == M.n_audio_tokens(max(n, M.MIN_AUDIO_SAMPLES)), n
 
 
 def test_short_features_are_the_padded_features(tiny):

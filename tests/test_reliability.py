@@ -718,3 +718,20 @@ def test_cut_length_for_any_dtype_and_start(ms, extra, frac, dtype):
     y = audio.cut(x, ms, start, name="src")
     assert len(y) == n == round(ms * SR / 1000) and y.dtype == np.float32
     assert y[0] == x[start]
+
+
+def test_clips_shorter_than_one_audio_token_are_padded_so_the_model_hears_them():
+    """20 ms gives zero audio tokens through Qwen2-Audio's stride and pooling; the book pads to 30 ms."""
+    import numpy as np
+
+    from lib import model as M
+
+    assert M.n_audio_tokens(320) == 0 and M.n_audio_tokens(M.MIN_AUDIO_SAMPLES) == 1
+    _, processor = M.load_model(M.TINY, device="cpu")
+    inputs = M.make_inputs(processor, [np.full(320, 0.1, np.float32), np.full(16000, 0.1, np.float32)])
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    counts = (inputs["input_ids"] == audio_id).sum(dim=1).tolist()
+    assert counts == [1, 25]
+    clip = np.arange(100, dtype=np.float32)
+    padded = M.pad_to_min_audio(clip)
+    assert len(padded) == M.MIN_AUDIO_SAMPLES and np.array_equal(padded[:100], clip) and not padded[100:].any()
