@@ -271,6 +271,10 @@ def run_book(
         raise RuntimeError(f"run {run_dir} is being executed by process {status.get('pid')} right now")
     done = {name for name, c in status.get("chapters", {}).items() if c.get("state") == "done"} if resuming else set()
 
+    # The sweep belongs to a whole-book run (or is asked for by name in --chapters).
+    include_sweep = bool(cfg["sweep_seeds"]) and (chapters is None or want_sweep)
+    steps = book_steps(selected, include_sweep)
+    step_names = {s.stem if isinstance(s, Path) else s for s in steps}
     run_dir.mkdir(parents=True, exist_ok=True)
     for path in io.clear_leftovers(run_dir):  # what a killed run left half-written (nobody writes here now)
         log(f"cleared {path.relative_to(run_dir)}, left by an interrupted run")
@@ -281,13 +285,13 @@ def run_book(
         "profile": profile,
         "params_digest": digest,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
-        "chapters": {n: c for n, c in status.get("chapters", {}).items() if n in done},
+        # Chapters done earlier in this run stay recorded: those being skipped now, and those not asked for
+        # this time (`--chapters 06` on a complete run reruns 06 and keeps 01-05 as they were).
+        "chapters": {n: c for n, c in status.get("chapters", {}).items()
+                     if n in done or (n not in step_names and c.get("state") == "done")},
     }
     io.write_json(_status_path(run_dir), status)
     kernel = kernel_name()
-    # The sweep belongs to a whole-book run (or is asked for by name in --chapters).
-    include_sweep = bool(cfg["sweep_seeds"]) and (chapters is None or want_sweep)
-    steps = book_steps(selected, include_sweep)
     total = len(steps)
     log(f"speechbook: profile {profile}, run folder {run_dir}" + (" (resuming)" if resuming and done else ""))
     try:

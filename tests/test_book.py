@@ -129,3 +129,18 @@ def test_killed_book_is_marked_incomplete_and_rerun_finishes_it(book_dirs):
     assert not list(run.glob(".*.running.ipynb"))  # the killed chapter's partial copy was replaced
     st = subprocess.run([sys.executable, "-m", "lib", "status", str(run)], cwd=config.PROJECT_ROOT, capture_output=True, text=True)
     assert st.returncode == 0 and "complete" in st.stdout
+
+
+@pytest.mark.slow
+def test_rerunning_one_chapter_of_a_complete_run_keeps_the_others_recorded(book_dirs):
+    nbs, res = book_dirs
+    _chapter(nbs, "01_first", WRITE_MARK.format(name="01"))
+    _chapter(nbs, "02_second", WRITE_MARK.format(name="02"))
+    kw = dict(run_id="r4", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    book.run_book("cpu", {"sweep_seeds": []}, **kw)
+    run = res / "cpu" / "r4"
+    (run / "01.mark").unlink()
+    book.run_book("cpu", {"sweep_seeds": []}, chapters=["02"], **kw)
+    status = book.read_status(run)
+    assert status["state"] == "complete" and set(status["chapters"]) == {"01_first", "02_second"}
+    assert not (run / "01.mark").exists()  # 01 was not run again
