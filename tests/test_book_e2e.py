@@ -1,0 +1,55 @@
+"""The whole book, end to end, on the `ci` profile (recommenders-style: run the notebooks, read the numbers back).
+
+Runs `python -m lib book --profile ci` on the real corpus (every chapter, the seed sweep and both prompt
+optimisers), then checks what the run folder holds: every chapter done, the predictions of every system on
+the same test clips, metrics derived from them with the smoke flag set, and a free baseline that really
+separates speech from non-speech on real audio.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from lib import book, config, results
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_whole_book_on_the_ci_profile(data_dir, tmp_path):
+    res, figs = tmp_path / "results", tmp_path / "figures"
+    cmd = [sys.executable, "-m", "lib", "book", "--profile", "ci", "--run-id", "e2e", "--results-dir", str(res),
+           "--set", f"data_dir={data_dir}", "--set", f"figures_dir={figs}"]
+    out = subprocess.run(cmd, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-5000:])
+    run = res / "ci" / "e2e"
+
+    status = book.read_status(run)
+    chapters = [p.stem for p in book.list_chapters()]
+    assert status["state"] == "complete"
+    assert all(status["chapters"][c]["state"] == "done" for c in chapters) and status["chapters"]["sweep"]["state"] == "done"
+    assert all((run / f"{c}.ipynb").exists() for c in chapters)
+
+    preds = results.read_predictions(run)
+    systems = set(preds["system"])
+    expected = {"qwen2audio-zeroshot", "qwen2audio-attn", "qwen2audio-attn-fullloss", "silero_vad", "webrtc_vad", "energy", "logmel"}
+    assert expected <= systems, expected - systems
+    assert any(s.endswith("+opro") for s in systems) and any(s.endswith("+template") for s in systems)
+    assert {"qwen2audio-attn+vote", "qwen2audio-attn+mean"} <= systems  # the seed ensemble of chapter 06
+    # Every system scored the same test clips.
+    clip_sets = preds.groupby(["system", "variant", "seed"])["clip_id"].apply(frozenset)
+    assert clip_sets.nunique() == 1
+    member = run.parent / "e2e--seed1-attn"
+    assert book.read_status(member)["state"] == "complete"
+    assert (results.read_predictions(member)["seed"] == 1).any()
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    assert "smoke" in text.lower()
+    table = pd.read_csv(run / "metrics.csv")
+    silero = table[table["system"] == "silero_vad"]["balanced_accuracy"].max()
+    assert silero > 0.65, f"Silero VAD on real clips: balanced accuracy {silero}"
+    assert list(figs.glob("0*_*.png")) and list(figs.glob("0*_*.pdf"))
