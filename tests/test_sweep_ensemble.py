@@ -46,18 +46,24 @@ CHAPTER = (
 )
 
 
-@pytest.mark.slow
-def test_sequential_sweep_skips_complete_members(tmp_path):
+def _sweep_setup(tmp_path, body):
+    """A one-chapter book (03_train running ``body``) and a main run folder with a bank pointer."""
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "cpu"\nrun_dir = None\nseed = None\nlora_variant = None\n')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(CHAPTER)]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, nbs / "03_train.ipynb")
     main = tmp_path / "results" / "cpu" / "main"
     main.mkdir(parents=True)
     (main / "bank.yaml").write_text(yaml.safe_dump({"manifest": "/nowhere/manifest.csv", "sha256": "x"}))
+    return nbs, main
+
+
+@pytest.mark.slow
+def test_sequential_sweep_skips_complete_members(tmp_path):
+    nbs, main = _sweep_setup(tmp_path, CHAPTER)
 
     run_kwargs = dict(
         profile="cpu", overrides={}, main_run_dir=main, seeds=[1, 2], variants=["attn"], chapters=["03"],
@@ -77,17 +83,8 @@ def test_sequential_sweep_skips_complete_members(tmp_path):
 @pytest.mark.slow
 def test_gpu_sweep_pins_one_member_per_gpu(tmp_path):
     """GPUS=N launches one process per member, each with its own CUDA_VISIBLE_DEVICES (checked on CPU)."""
-    nbs = tmp_path / "notebooks"
-    nbs.mkdir()
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('profile = "cpu"\nrun_dir = None\nseed = None\nlora_variant = None\n')
-    params.metadata["tags"] = ["parameters"]
     body = "import os, pathlib, time\npathlib.Path(run_dir, 'gpu').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', ''))\ntime.sleep(2)\n"
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, nbs / "03_train.ipynb")
-    main = tmp_path / "results" / "cpu" / "main"
-    main.mkdir(parents=True)
-    (main / "bank.yaml").write_text(yaml.safe_dump({"manifest": "/nowhere/manifest.csv", "sha256": "x"}))
+    nbs, main = _sweep_setup(tmp_path, body)
     dirs = sweep.run_sweep("cpu", {}, main, seeds=[1, 2], variants=["attn"], chapters=["03"], gpus=2, log=lambda s: None, notebooks_dir=nbs)
     gpus = sorted((d / "gpu").read_text() for d in dirs)
     assert gpus == ["0", "1"]
