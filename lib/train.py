@@ -359,6 +359,7 @@ def _dev_eval(model, processor, audios, labels, tc: TrainConfig) -> dict[str, fl
             "dev_loss": float(-np.mean(np.log(np.clip(p_true, 1e-12, 1))))}
 
 
+@M.with_cpu_threads
 def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Sequence[str], tc: TrainConfig,
           out_dir: str | os.PathLike, *, dev_audios: Sequence[np.ndarray] | None = None,
           dev_labels: Sequence[str] | None = None, train_ids: Sequence[str] | None = None,

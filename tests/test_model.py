@@ -214,3 +214,12 @@ def test_real_model_id_without_weights_is_a_clear_error():
         pass
     with pytest.raises(M.ModelNotFoundError, match="Qwen2-Audio-7B-Instruct"):
         M.load_model(M.REAL_MODEL_ID)
+
+
+def test_small_models_score_on_one_cpu_thread_and_restore_the_setting(tiny, monkeypatch):
+    model, processor = tiny
+    seen = []
+    monkeypatch.setattr(M, "answer_logits", lambda *a, **k: (seen.append(torch.get_num_threads()), torch.zeros(1, 2))[1])
+    before = torch.get_num_threads()
+    M.score(model, processor, [np.zeros(1600, np.float32) + 0.01])
+    assert seen == [1] and torch.get_num_threads() == before
