@@ -698,6 +698,9 @@ def cpu_threads_for(model):
     """
     import torch
 
+    if model is None:  # nothing to size up: let the wrapped function report what is wrong with its input
+        yield
+        return
     base = unwrap(model)
     small = sum(p.numel() for p in base.parameters()) < SMALL_MODEL_PARAMS
     on_cpu = next(base.parameters()).device.type == "cpu"
