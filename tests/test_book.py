@@ -13,19 +13,14 @@ import nbformat
 import pytest
 import yaml
 
+from _notebooks import fake_chapter
 from lib import book, config
 
 PARAMS = 'profile = "cpu"\nrun_dir = None\nseed = None\n'
 
 
 def _chapter(folder: Path, name: str, body: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(PARAMS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, nbformat.v4.new_code_cell(body)]
-    path = folder / f"{name}.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return fake_chapter(folder, name, body, PARAMS)
 
 
 WRITE_MARK = (
