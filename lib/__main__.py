@@ -17,18 +17,14 @@ from .config import ConfigError, available_profiles, parse_override
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from .book import ChapterFailed, run_book
+    from .book import run_book
 
     overrides = dict(parse_override(s) for s in args.set or [])
     chapters = [c for c in (args.chapters or "").replace(",", " ").split() if c] or None
-    try:
-        run_book(
-            args.profile, overrides, run_id=args.run_id, chapters=chapters, force=args.force, progress_bar=args.progress,
-            results_dir=args.results_dir, notebooks_dir=args.notebooks_dir,
-        )
-    except ChapterFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    run_book(
+        args.profile, overrides, run_id=args.run_id, chapters=chapters, force=args.force, progress_bar=args.progress,
+        results_dir=args.results_dir, notebooks_dir=args.notebooks_dir,
+    )
     return 0
 
 
@@ -50,13 +46,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
-    from .book import ChapterFailed, rerun
+    from .book import rerun
 
-    try:
-        rerun(args.run_dir, run_id=args.run_id, notebooks_dir=args.notebooks_dir)
-    except ChapterFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    rerun(args.run_dir, run_id=args.run_id, notebooks_dir=args.notebooks_dir)
     return 0
 
 
@@ -146,9 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .book import ChapterFailed
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ChapterFailed as err:  # a chapter raised: its cell and error, no traceback of the runner
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

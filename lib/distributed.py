@@ -21,13 +21,15 @@ from typing import Any, Sequence
 def train_run_system(run_dir: str | Path, name: str, overrides: dict[str, Any] | None = None, distributed: bool = True) -> dict[str, Any]:
     import torch
 
-    from . import data, train
+    from . import train
     from .book import read_params
     from .config import resolve
+    from .evaluate import train_run_system as train_on_bank
     from .results import read_bank_pointer
 
     recorded = read_params(run_dir)
     cfg = resolve(recorded["profile"], {**(recorded.get("overrides") or {}), **(overrides or {})})
+    cfg["run_dir"] = str(run_dir)
     parallel, device = None, "auto"
     if distributed:
         from accelerate import Accelerator
@@ -36,18 +38,9 @@ def train_run_system(run_dir: str | Path, name: str, overrides: dict[str, Any] |
         if acc.num_processes > 1:
             parallel = train.DataParallel(acc.process_index, acc.num_processes)
         device = str(acc.device)
-    manifest = read_bank_pointer(run_dir)
-    bank = data.load_bank(manifest)
-    tr, dev = bank[bank["split"] == "train"], bank[bank["split"] == "dev"]
-    if cfg.get("max_train_clips"):
-        tr = tr.sample(n=min(len(tr), int(cfg["max_train_clips"])), random_state=int(cfg["seed"])).sort_index()
-    norm = cfg["normalization"]
-    return train.train_system(
-        cfg, run_dir, name, data.load_clips(tr, manifest, normalization=norm), tr["label"].tolist(),
-        train_ids=tr["clip_id"].tolist(), dev_audios=data.load_clips(dev, manifest, normalization=norm),
-        dev_labels=dev["label"].tolist(), device=device, parallel=parallel,
-        progress=parallel is None or parallel.is_main,
-    )
+    # The same data and recipe as chapter 03 (lib.evaluate), each process taking its share of every batch.
+    return train_on_bank(cfg, read_bank_pointer(run_dir), name=name, progress=parallel is None or parallel.is_main,
+                         device=device, parallel=parallel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
