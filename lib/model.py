@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -1025,8 +1025,3 @@ def zero_shot_scorer(model_name_or_path: str, prompt: str = DEFAULT_PROMPT, name
     batch_size = kwargs.pop("batch_size", 16)
     model, processor = load_model(model_name_or_path, **kwargs)
     return LoraScorer(name, model, processor, prompt, batch_size=batch_size)
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,17 +107,3 @@ def read_bank_pointer(run_dir: str | Path) -> Path:
             "records it there), or pass bank_manifest=<path to a bank's manifest.csv>"
         )
     return Path(yaml.safe_load(path.read_text())["manifest"])
-
-
-def update_json(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``updates`` into a JSON object file (created if missing), atomically."""
-    path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(updates)
-    io.write_json(path, data)
-    return data
-
-
-def list_runs(profile: str, root: str | Path | None = None) -> Iterable[Path]:
-    base = results_root(root) / profile
-    return sorted(p for p in base.glob("*") if p.is_dir() and not p.name.startswith("."))
