@@ -178,12 +178,13 @@ def synth_clip(n: int, rng: np.random.Generator) -> np.ndarray:
 LENGTHS: dict[str, int] = {}  # path -> samples, as a bank's manifest knows them (duration_ms)
 
 
-def make_sets(root: Path, n: int, seed: int = 0) -> dict[str, list[Path]]:
+def make_sets(root: Path, n: int, seed: int = 0, names=("200ms", "1s", "mix")) -> dict[str, list[Path]]:
     """WAV files of 200 ms clips, 1 s clips and a 200-1000 ms mix, ``n`` of each (lib.audio.write_audio)."""
     from lib import audio
 
     rng = np.random.default_rng(seed)
     lengths = {"200ms": [3200] * n, "1s": [16000] * n, "mix": list(rng.integers(3200, 16001, n))}
+    lengths = {k: v for k, v in lengths.items() if k in names}
     sets = {}
     for name, lens in lengths.items():
         folder = root / name
@@ -249,8 +250,9 @@ def book_score_files(model, processor, paths, batch: int, device: str) -> np.nda
                    lengths=[LENGTHS[str(p)] for p in paths]).logits
 
 
-def gpu_side(model, processor, audios, batch: int, path: str, device: str) -> dict:
-    """The forward passes alone: inputs made and moved to the device first (untimed), one warm-up batch."""
+def gpu_side(model, processor, audios, batch: int, path: str, device: str, plan_free: bool = True) -> dict:
+    """The forward passes alone: inputs made and moved to the device first (untimed), one warm-up batch.
+    ``plan_free``: the book path's attention off cuDNN, as ``lib.model.score`` runs it on a GPU."""
     import torch
 
     cfg = M.unwrap(model).config
@@ -269,7 +271,9 @@ def gpu_side(model, processor, audios, batch: int, path: str, device: str) -> di
     def run(xs):
         with torch.inference_mode():
             if path == "book":
-                with M.fused_kernels(model, compile=True) if device.startswith("cuda") else contextlib.nullcontext():
+                on_gpu = device.startswith("cuda")
+                with (M.fused_kernels(model, compile=True) if on_gpu else contextlib.nullcontext()), \
+                        (M.attention_backends(model) if on_gpu and plan_free else contextlib.nullcontext()):
                     prefix = M.SharedPrefix.for_prompt(model, processor)
                     outs = [M.answer_logits(model, x, ids, prefix=prefix) for x in xs]
                 return outs, len(prefix)
@@ -390,17 +394,17 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
     return rows
 
 
-def steady_scoring(model, processor, paths, dtype: str, batch: int, ctx: dict) -> dict:
-    """lib.model.score from the files, three times over the same clips: the first pass pays the one-time costs
-    of each new batch shape (compiling the fused kernels, cuDNN attention plans), the later ones are what a long
-    scoring job sees."""
+def steady_scoring(model, processor, paths, dtype: str, batch: int, ctx: dict, n_passes: int = 3) -> dict:
+    """lib.model.score from the files, ``n_passes`` times over the same clips: the first pass pays the one-time
+    costs of each new batch shape (the fused kernels' dynamic shapes), the later ones are what a long scoring job
+    sees."""
     device, ceil = ctx["device"], ctx["ceilings"]
     cfg = M.unwrap(model).config
     n_text, n_prefix, _ = ctx["prompt"]
     bound_flops = sum(A.clip_bound_flops(cfg, LENGTHS[str(p)], n_text, n_prefix) for p in paths)
     bound_s = bound_flops / ceil["matmul_flops"]
     passes = []
-    for i in range(3):
+    for i in range(n_passes):
         reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
@@ -437,7 +441,7 @@ def warm_matplotlib() -> None:
     plt.close(fig)
 
 
-def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool = False):
+def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool | str = False):
     from lib import train as T
 
     return T.TrainConfig(lora_variant="attn", lora_r=16, lora_alpha=32, lora_dropout=0.05, extra_trainable=[],
@@ -515,8 +519,7 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
     peak = peak_gib(device)
     lora_params = T.parameter_counts(peft_model)["trainable_params"]
     base = peft_model.unload()
-    if tc.gradient_checkpointing:
-        base.gradient_checkpointing_disable()
+    T.set_gradient_checkpointing(base, "none")
     bound_flops = tc.epochs * sum(A.clip_train_bound_flops(cfg, len(a), n_text + n_suffix, lora_params) for a in audios)
     wbytes = A.weight_bytes(M.unwrap(base))
     n_micro = tc.epochs * math.ceil(len(audios) / tc.micro_batch_size)
@@ -529,7 +532,7 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
            "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
            "finite": bool(np.isfinite(losses).all()), "trainable_params": lora_params}
     log(f"  {dtype:5s} {path:5s} train micro {tc.micro_batch_size:2d} x accum {tc.grad_accum_steps}"
-        f"{' +gc' if tc.gradient_checkpointing else ''} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
+        f"{'' if tc.gradient_checkpointing == 'none' else ' +gc ' + tc.gradient_checkpointing} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
         f"bound {bound_s:.2f} s, ratio {row['wall_over_bound']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     del peft_model
     free(device)
@@ -594,9 +597,14 @@ def markdown(res: dict) -> str:
                   "loss first -> last |", "|" + "---|" * 10]
         for r in res["training"]:
             lines.append(f"| {r['dtype']} | {r['path']} | {r['micro_batch']} x {r['grad_accum']} | "
-                         f"{'yes' if r['gradient_checkpointing'] else 'no'} | {r['epochs']} | {r['wall_s']} | {r['peak_gib']} | "
+                         f"{r['gradient_checkpointing']} | {r['epochs']} | {r['wall_s']} | {r['peak_gib']} | "
                          f"{r['bound_s']} | {r['wall_over_bound']} | {r['first_loss']} -> {r['last_loss']} |")
         lines.append("")
+    for st in res.get("steady", []):
+        passes = ", ".join(f"{p['e2e_clips_per_s']}" for p in st["passes"])
+        lines.append(f"- steady state, {st['dtype']} book mix, {st['n_clips']} clips, batch {st['batch']}: e2e {passes} clips/s "
+                     f"(pass 1{' to ' + str(len(st['passes'])) if len(st['passes']) > 1 else ''}, peak {st['passes'][-1]['peak_gib']} GiB); "
+                     f"gpu {st['gpu_clips_per_s']} clips/s, gpu / bound {st['gpu_over_bound']} (bound {st['bound_clips_per_s']} clips/s)")
     for chk in res.get("checks", []):
         parts = [f"{k}: max |d| {chk[k]['max_abs']:.1e}, rel {chk[k]['rel_l2']:.1e}, same decisions "
                  f"{chk[k]['same_decisions']}/{chk[k]['n']}" for k in ("short_vs_padded", "book_vs_padded", "padded_vs_hf_forward")]
@@ -623,6 +631,8 @@ def main(argv=None) -> int:
                     help="comma list of: check, scoring, steady, training")
     ap.add_argument("--dtypes", default="bf16,nf4")
     ap.add_argument("--paths", default="plain,book")
+    ap.add_argument("--nf4-checkpointing", default="mlp,layers:24,layers",
+                    help="gradient-checkpointing modes of the extra NF4 book recipes (lib.train.set_gradient_checkpointing)")
     args = ap.parse_args(argv)
 
     import torch
@@ -703,6 +713,11 @@ def main(argv=None) -> int:
                     res.setdefault("steady", []).append(steady_scoring(model, processor, sets["mix"][:ctx["n_book"]], dtype,
                                                                        512 if dtype == "bf16" else 128, ctx))
                     save(res, out)
+                    if dtype == "bf16" and not s:  # a longer job over new files: buckets narrow as clips are added
+                        log("== scoring bf16, 8192 new mix clips (book, one pass)")
+                        long = make_sets(Path(tmp) / "long", 8192, seed=7, names=("mix",))["mix"]
+                        res["steady"].append(steady_scoring(model, processor, long, dtype, 512, ctx, n_passes=1))
+                        save(res, out)
                 if "training" in only:
                     log(f"== training {dtype}")
                     warm_matplotlib()
@@ -715,7 +730,8 @@ def main(argv=None) -> int:
                     if "book" in paths:
                         runs.append(("book", recipe(16, 1)))
                         if dtype == "nf4":
-                            runs.append(("book", recipe(16, 1, gradient_checkpointing=True)))
+                            for mode in args.nf4_checkpointing.split(","):
+                                runs.append(("book", recipe(16, 1, gradient_checkpointing=mode)))
                     for path, tc in runs:
                         try:
                             model, row = training_figure(model, processor, train_paths, labels, dtype, path, tc, ctx)

@@ -108,7 +108,7 @@ def score_e2e(model, processor, paths, lengths, device: str, batch: int) -> dict
     return out
 
 
-def train_profiles(model, processor, paths, device: str) -> dict:
+def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none", "nf4:none", "nf4:layers")) -> dict:
     """The book's recipe under cProfile (top functions by cumulative time), bf16 then NF4 variants."""
     import cProfile
     import io
@@ -127,8 +127,7 @@ def train_profiles(model, processor, paths, device: str) -> dict:
     labels = list(rng.choice(["speech", "nonspeech"], len(paths)))
     ctx = {"device": device, "ceilings": {"matmul_flops": 7e14, "copy_bytes_per_s": 3e12}, "prompt": G.prompt_tokens(processor)}
     out = {}
-    runs = [("bf16", G.recipe(16, 1)), ("bf16", G.recipe(16, 1)), ("nf4", G.recipe(16, 1, gradient_checkpointing=True)),
-            ("nf4", G.recipe(4, 4)), ("nf4", G.recipe(8, 2))]
+    runs = [(spec.split(":", 1)[0], G.recipe(16, 1, gradient_checkpointing=spec.split(":", 1)[1])) for spec in train_runs]
     for i, (dtype, tc) in enumerate(runs):
         if dtype == "nf4" and not getattr(model, "is_loaded_in_4bit", False):
             A.quantize_nf4_(model, "bfloat16")
@@ -138,12 +137,79 @@ def train_profiles(model, processor, paths, device: str) -> dict:
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
         text = buf.getvalue()
-        lines = [ln for ln in text.splitlines() if ln.strip()][:45]
-        print("\n".join(lines[-32:]), flush=True)
-        out[f"{i}_{dtype}_{tc.micro_batch_size}x{tc.grad_accum_steps}{'_gc' if tc.gradient_checkpointing else ''}"] = {
+        lines = [ln for ln in text.splitlines() if ln.strip() and "{built-in method builtins" not in ln]
+        print(f"=== {dtype} {tc.gradient_checkpointing}", flush=True)
+        print("\n".join(ln[:160] for ln in lines if ln.lstrip()[:1].isdigit() or "ncalls" in ln), flush=True)
+        out[f"{i}_{dtype}_{tc.micro_batch_size}x{tc.grad_accum_steps}{'' if tc.gradient_checkpointing == 'none' else '_gc_' + tc.gradient_checkpointing}"] = {
             "row": row, "profile": lines}
     return out
+
+
+def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int, n: int, variants: list[str]) -> dict:
+    """First and second pass of ``lib.model.score`` over NEW files (fresh lengths, so fresh batch shapes) per
+    variant of the attention backend, after the process has compiled the fused kernels once; plus the GPU side
+    and the kernel breakdown of one batch. Variants: ``book`` (the defaults of ``lib.model.score``), ``book+cudnn`` (attention on cuDNN, which plans
+    every new shape), ``book+cat`` (the shared prefix joined to each batch's keys/values by ``torch.cat``)."""
+    import contextlib
+
+    cfg = M.unwrap(model).config
+    n_text, n_prefix, _ = ctx["prompt"]
+    rate = ctx["ceilings"]["matmul_flops"]
+    ids = M.answer_token_ids(processor.tokenizer)
+    out = {}
+    for k, v in enumerate(variants):
+        name, size, b = (v.split(":") + [str(n), str(batch)][len(v.split(":")) - 1:])[:3]
+        size, b = int(size), int(b)
+        opts = set(name.split("+"))  # book (the defaults), +cudnn: attention on cuDNN, +cat: prefix joined by torch.cat
+        plan_free = "cudnn" not in opts
+        M.PREFIX_JOIN = "cat" if "cat" in opts else "copy"
+        wrap = (lambda: M.attention_backends(model)) if plan_free else contextlib.nullcontext
+        paths = G.make_sets(root / f"cold{k}", size, seed=100 + k)["mix"]
+        lengths = [G.LENGTHS[str(p)] for p in paths]
+        bound_s = sum(A.clip_bound_flops(cfg, m, n_text, n_prefix) for m in lengths) / rate
+        r = {"n_clips": size, "batch": b, "bound_clips_per_s": round(size / bound_s, 1), "passes": []}
+        for i in range(2):
+            G.sync(device)
+            t0 = time.perf_counter()
+            with wrap():
+                M.score(model, processor, M.ClipFiles(paths), batch_size=b, lengths=lengths, plan_free_attention=plan_free)
+            G.sync(device)
+            s = time.perf_counter() - t0
+            r["passes"].append({"e2e_clips_per_s": round(size / s, 1), "e2e_over_bound": round(s / bound_s, 3)})
+        with wrap():
+            g = G.gpu_side(model, processor, G.load(paths), b, "book", device, plan_free=plan_free)
+        r["gpu_clips_per_s"] = round(g["clips_per_s"], 1)
+        r["gpu_over_bound"] = round(g["seconds"] / bound_s, 3)
+        r["gpu_tflops_executed"] = round(g["flops_executed"] / g["seconds"] / 1e12, 1)
+        r["padding_flops_ratio"] = round(g["flops_executed"] / (bound_s * rate), 3)
+        if len(opts) > 1 or k == 0:
+            audios = G.load(paths[:batch])
+            x = G._device_inputs(M.make_inputs(processor, audios), device, True)
+
+            def one():
+                with torch_inference(), wrap(), M.fused_kernels(model):
+                    prefix = M.SharedPrefix.for_prompt(model, processor)
+                    M.answer_logits(model, x, ids, prefix=prefix)
+
+            one()
+            prof = kernel_breakdown(one, device, top=20)
+            r["profile_by_category_ms"] = prof["by_category_ms"]
+            r["profile_top"] = prof["top"]
+            print(v, "profile", prof["by_category_ms"], flush=True)
+            for row in prof["top"][:14]:
+                print("   ", round(row["ms"], 2), row["calls"], row["kernel"], flush=True)
+        out[v] = r
+        print("cold", v, {kk: vv for kk, vv in r.items() if not kk.startswith("profile")}, flush=True)
+        G.free(device)
+    return out
+
+
+def torch_inference():
+    import torch
+
+    return torch.inference_mode()
 
 
 def main(argv=None) -> int:
@@ -153,8 +219,12 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--train-clips", type=int, default=128)
+    ap.add_argument("--train-runs", default="bf16:none,nf4:none,nf4:layers",
+                    help="dtype:gradient_checkpointing of each recipe profiled (in this order; NF4 after bf16)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
-    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train")
+    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold")
+    ap.add_argument("--cold-variants", default="book+cudnn,book,book+cat,book,book+cat,book:8192",
+                    help="attention variants (base | no_cudnn), each optionally :<clips>[:<batch>], for --only cold")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
     args = ap.parse_args(argv)
     import torch
@@ -173,13 +243,26 @@ def main(argv=None) -> int:
         sets = G.make_sets(Path(tmp), args.clips)
         paths = sets["mix"]
         only = set(args.only.split(","))
+        if "cold" in only:
+            model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+            ctx = {"prompt": G.prompt_tokens(processor), "ceilings": res["ceilings"]}
+            t0 = time.perf_counter()
+            M.score(model, processor, M.ClipFiles(paths[:args.batch]), batch_size=args.batch // 4,
+                    lengths=[G.LENGTHS[str(p)] for p in paths[:args.batch]])
+            G.sync(device)
+            res["first_call_s"] = time.perf_counter() - t0
+            res["cold"] = cold_passes(model, processor, Path(tmp), ctx, device, args.batch, args.clips,
+                                      args.cold_variants.split(","))
+            (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+            return 0
         if "score_e2e" in only or "train" in only:
             lengths = [len(a) for a in G.load(paths)]
             model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
             if "score_e2e" in only:
                 res["score_e2e"] = score_e2e(model, processor, paths, lengths, device, args.batch)
             if "train" in only:
-                res["train"] = train_profiles(model, processor, sets["mix"][:args.train_clips], device)
+                res["train"] = train_profiles(model, processor, sets["mix"][:args.train_clips], device,
+                                              args.train_runs.split(","))
             (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
             return 0
         # ------------------------------------------------------------------------------------ CPU side

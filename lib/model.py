@@ -544,14 +544,32 @@ def _prefix_layer_class():
             self.is_initialized = True
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
-
-            batch = key_states.shape[0]
-            keys = torch.cat([self.keys.expand(batch, -1, -1, -1), key_states], dim=-2)
-            values = torch.cat([self.values.expand(batch, -1, -1, -1), value_states], dim=-2)
-            return keys, values
+            return with_prefix(self.keys, key_states), with_prefix(self.values, value_states)
 
     return PrefixLayer
+
+
+PREFIX_JOIN = "copy"  # "copy" | "cat" (torch.cat): the benchmark compares them
+
+
+def with_prefix(prefix, states):
+    """``prefix`` (1, heads, p, dim) in front of every row of ``states`` (batch, heads, n, dim).
+
+    Two copies into one new buffer rather than ``torch.cat`` of the broadcast prefix: on CUDA that cat runs an
+    unvectorised copy at about a fifth of the copy bandwidth (58 ms of a 750-ms batch of 512 clips on the H100;
+    the copies take about 30 ms: bench/NOTES.md). Same values either way."""
+    import torch
+
+    batch = states.shape[0]
+    if PREFIX_JOIN == "cat":
+        return torch.cat([prefix.expand(batch, -1, -1, -1), states], dim=-2)
+    n_prefix = prefix.shape[-2]
+    # token-major, like the projections' output whose (batch, heads, n, dim) views the states are: measured 1-2%
+    # faster on the 7B than a head-major buffer
+    out = states.new_empty((batch, n_prefix + states.shape[2], states.shape[1], states.shape[3])).transpose(1, 2)
+    out[:, :, :n_prefix] = prefix
+    out[:, :, n_prefix:] = states
+    return out
 
 
 def prompt_prefix(inputs, audio_token_id: int):
@@ -731,7 +749,7 @@ def with_cpu_threads(fn):
 def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT, batch_size: int = 16,
           short_encoder: bool | None = None, progress: bool = False, desc: str = "scoring",
           shared_prefix: bool | None = None, prefetch: bool | None = None, fused: bool | None = None,
-          lengths: Sequence[int] | None = None) -> Scores:
+          plan_free_attention: bool | None = None, lengths: Sequence[int] | None = None) -> Scores:
     """Score clips: one forward pass per length bucket, logits of A/B at the answer position.
 
     On a GPU (the defaults ``None`` mean: on when the model is on CUDA) three more speed-ups, each proven by a
@@ -739,8 +757,10 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
     (:class:`SharedPrefix`) instead of in every row; ``prefetch`` builds the next batch's inputs (feature
     extraction, tokenization) in a worker thread while the GPU runs the current one, and results are copied back
     once at the end, so the GPU never waits for the CPU; ``fused`` runs the language model's elementwise work
-    fused (:func:`fused_kernels`). On the CPU all stay off by default, so CPU results are bit for bit those of
-    the plain loop.
+    fused (:func:`fused_kernels`); ``plan_free_attention`` keeps attention off cuDNN (:func:`attention_backends`):
+    cuDNN builds a plan for every new batch shape, which made the first pass over new clips 20-30% slower on the
+    H100, and the memory-efficient kernel was as fast per batch (bench/NOTES.md). On the CPU all stay off by
+    default, so CPU results are bit for bit those of the plain loop.
 
     ``audios`` may be lazy (e.g. :class:`ClipFiles`, which reads a file on access): with ``lengths`` (samples per
     clip, exact or approximate, e.g. from the bank's ``duration_ms``) the buckets are made from them and each clip
@@ -760,6 +780,7 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
     shared_prefix = on_gpu if shared_prefix is None else shared_prefix
     prefetch = on_gpu if prefetch is None else prefetch
     fused = on_gpu if fused is None else fused
+    plan_free_attention = on_gpu if plan_free_attention is None else plan_free_attention
     ids = answer_token_ids(processor.tokenizer)
     logits = np.zeros((len(audios), 2), dtype=np.float32)
     was_training = model.training
@@ -777,6 +798,8 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
     stack = contextlib.ExitStack()
     if fused:
         stack.enter_context(fused_kernels(model))
+    if plan_free_attention:
+        stack.enter_context(attention_backends(model))
     try:
         pending: collections.deque = collections.deque()
         ahead = iter(batches)

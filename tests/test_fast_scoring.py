@@ -124,3 +124,26 @@ def test_lazy_clips_with_lengths_are_read_once_each(tiny, tmp_path):
     np.testing.assert_allclose(got.logits, ref.logits, atol=1e-6)
     with pytest.raises(ValueError, match="lengths"):
         M.score(model, processor, lazy, lengths=[1, 2])
+
+
+def test_prefix_join_by_copies_equals_torch_cat_bit_for_bit(tiny, monkeypatch):
+    prefix = torch.randn(1, 3, 5, 8)
+    states = torch.randn(4, 3, 7, 8)
+    for states_view in (states, states.transpose(1, 2).contiguous().transpose(1, 2)):  # as the projections give them
+        joined = M.with_prefix(prefix, states_view)
+        assert torch.equal(joined, torch.cat([prefix.expand(4, -1, -1, -1), states], dim=-2))
+    model, processor = tiny
+    clips = _clips(2)
+    by_copies = M.score(model, processor, clips, batch_size=8, shared_prefix=True)
+    for join in ("cat",):
+        monkeypatch.setattr(M, "PREFIX_JOIN", join)
+        other = M.score(model, processor, clips, batch_size=8, shared_prefix=True)
+        assert np.array_equal(by_copies.logits, other.logits), join
+
+
+def test_plan_free_attention_changes_nothing_on_the_cpu(tiny):
+    model, processor = tiny
+    clips = _clips(3)
+    on = M.score(model, processor, clips, batch_size=4, plan_free_attention=True)
+    off = M.score(model, processor, clips, batch_size=4, plan_free_attention=False)
+    assert np.array_equal(on.logits, off.logits)

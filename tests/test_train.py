@@ -154,14 +154,12 @@ def test_checkpoints_of_another_run_are_refused(clips, tmp_path):
         T.train(model, processor, audios, labels, tc, tmp_path / "run", progress=False, base={"model_name_or_path": "x"})
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "mlp"])
 def test_a_frozen_encoder_keeps_no_activations(clips, checkpointing):
     audios, labels = clips
     tc = _tc(extra_trainable=[], gradient_checkpointing=checkpointing)
     model, processor = _fresh(tc)
-    if checkpointing:  # what train() does, including the trap's fix
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.disable_input_require_grads()
+    T.set_gradient_checkpointing(model, checkpointing)  # what train() does, including the trap's fix
     tower = M.unwrap(model).model.audio_tower
     seen = []
     hooks = [tower.conv1.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad)),
@@ -287,3 +285,44 @@ def test_the_tiny_model_learns_on_the_cpu_bank(data_dir, tmp_path):
     correct = (p >= 0.5) == (parts["test"]["label"].to_numpy() == "speech")
     lo, hi = stats.wilson_interval(int(correct.sum()), len(correct))
     assert lo > 0.6, f"test accuracy {correct.mean():.3f} [{lo:.3f}, {hi:.3f}] after {out['train_wall_s']:.0f} s of training"
+
+
+def test_mlp_checkpointing_recomputes_only_the_mlps_and_gives_the_same_gradients(clips):
+    audios, labels = clips
+    answers = [T.LABEL_TO_ANSWER[x] for x in labels[:4]]
+    grads = {}
+    for mode in ("none", "mlp", "layers", "layers:1", "none"):
+        tc = _tc(extra_trainable=[], lora_dropout=0.0, gradient_checkpointing=mode)
+        model, processor = _fresh(tc)
+        T.set_gradient_checkpointing(model, mode)
+        calls = []
+        layers = M.unwrap(model).model.language_model.layers
+        hooks = [layer.mlp.gate_proj.register_forward_hook(lambda m, i, o, k=k: calls.append(f"mlp{k}"))
+                 for k, layer in enumerate(layers[:2])]
+        hooks += [layer.self_attn.q_proj.register_forward_hook(lambda m, i, o, k=k: calls.append(f"attn{k}"))
+                  for k, layer in enumerate(layers[:2])]
+        model.train()
+        T.batch_loss(model, processor, audios[:4], answers, tc).backward()
+        for h in hooks:
+            h.remove()
+        once = ["attn0", "mlp0", "attn1", "mlp1"]  # the forward; then what backward recomputes (last layer first)
+        expected = {"none": once, "mlp": once + ["mlp1", "mlp0"], "layers": once + ["attn1", "mlp1", "attn0", "mlp0"],
+                    "layers:1": once + ["attn0", "mlp0"]}
+        assert len(layers) == 2 and calls == expected[mode], (mode, calls)
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        T.set_gradient_checkpointing(model, "none")
+        assert all("forward" not in vars(layer.mlp) for layer in layers)
+        assert not M.unwrap(model).is_gradient_checkpointing
+    for mode in ("mlp", "layers", "layers:1"):
+        for name, g in grads["none"].items():
+            torch.testing.assert_close(grads[mode][name], g, rtol=1e-4, atol=1e-6, msg=f"{mode}: {name}")
+
+
+def test_checkpointing_modes_are_checked():
+    assert T.TrainConfig.from_cfg({"gradient_checkpointing": True}).gradient_checkpointing == "layers"
+    assert T.TrainConfig.from_cfg({"gradient_checkpointing": False}).gradient_checkpointing == "none"
+    assert T.TrainConfig.from_cfg({"gradient_checkpointing": "mlp"}).gradient_checkpointing == "mlp"
+    assert T.TrainConfig.from_cfg({"gradient_checkpointing": "layers:24"}).gradient_checkpointing == "layers:24"
+    for bad in ("attention", "layers:N", "layers:0", "layers:-1", "mlp:2"):
+        with pytest.raises(ValueError, match=f"gradient_checkpointing '{bad}' unknown; valid: true, false, none, layers, layers:N"):
+            T.TrainConfig.from_cfg({"gradient_checkpointing": bad})
