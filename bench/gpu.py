@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,21 @@ from lib import model as M
 SR = 16000
 SETS = ("200ms", "1s", "mix")
 LOG: list[str] = []
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_MACHINE_PATHS = [(re.compile(r"[^\s\"'(]*/(?:site|dist)-packages/"), "<site-packages>/"),
+                  (re.compile(r"/tmp/site/"), "<site-packages>/"),  # the device machine's carried wheels
+                  (re.compile(r"/usr/lib/python3\.\d+/"), "<stdlib>/")]
+
+
+def strip_machine_paths(text: str) -> str:
+    """Paths in tracebacks and profiles, made relative (the project) or generic (installed packages), so that
+    saved results do not carry one machine's folders."""
+    text = text.replace(str(PROJECT_ROOT) + "/", "")
+    for pattern, repl in _MACHINE_PATHS:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def log(*parts) -> None:
@@ -272,8 +288,7 @@ def gpu_side(model, processor, audios, batch: int, path: str, device: str, plan_
         with torch.inference_mode():
             if path == "book":
                 on_gpu = device.startswith("cuda")
-                with (M.fused_kernels(model, compile=True) if on_gpu else contextlib.nullcontext()), \
-                        (M.attention_backends(model) if on_gpu and plan_free else contextlib.nullcontext()):
+                with M.scoring_kernels(model, fused=on_gpu, plan_free_attention=on_gpu and plan_free):
                     prefix = M.SharedPrefix.for_prompt(model, processor)
                     outs = [M.answer_logits(model, x, ids, prefix=prefix) for x in xs]
                 return outs, len(prefix)
@@ -576,6 +591,12 @@ def check_clips(n: int, seed: int = 1) -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- report
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table's lines, then a blank line."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
+
+
 def markdown(res: dict) -> str:
     e, c = res["env"], res["ceilings"]
     lines = [f"Run {e['date_utc']} UTC on {e.get('gpu')} (driver {e.get('driver', '-')}, CUDA {e.get('cuda', '-')}), "
@@ -584,22 +605,18 @@ def markdown(res: dict) -> str:
              "", f"Ceilings measured in the run: bf16 matrix product {c['matmul_flops'] / 1e12:.0f} TFLOP/s "
              f"({c['matmul_n']}^3, random operands); device copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write).", ""]
     if res.get("scoring"):
-        lines += ["| dtype | path | clips | batch | e2e clips/s | gpu clips/s | load s / e2e s | peak GiB | bound clips/s | "
-                  "e2e / bound | gpu / bound | executed TFLOP/s |", "|" + "---|" * 12]
-        for r in res["scoring"]:
-            lines.append(f"| {r['dtype']} | {r['path']} | {r['clips']} | {r['batch']} | {r['e2e_clips_per_s']} | "
-                         f"{r['gpu_clips_per_s']} | {'in worker' if r['load_s'] is None else r['load_s']} / {r['e2e_s']} | {r['peak_gib']} | "
-                         f"{r['bound_clips_per_s']} ({r['bound_kind']}) | {r['e2e_over_bound']} | {r['gpu_over_bound']} | "
-                         f"{r['gpu_tflops_executed']:.3g} |")
-        lines.append("")
+        lines += md_table(["dtype", "path", "clips", "batch", "e2e clips/s", "gpu clips/s", "load s / e2e s", "peak GiB",
+                           "bound clips/s", "e2e / bound", "gpu / bound", "executed TFLOP/s"],
+                          [[r["dtype"], r["path"], r["clips"], r["batch"], r["e2e_clips_per_s"], r["gpu_clips_per_s"],
+                            f"{'in worker' if r['load_s'] is None else r['load_s']} / {r['e2e_s']}", r["peak_gib"],
+                            f"{r['bound_clips_per_s']} ({r['bound_kind']})", r["e2e_over_bound"], r["gpu_over_bound"],
+                            f"{r['gpu_tflops_executed']:.3g}"] for r in res["scoring"]])
     if res.get("training"):
-        lines += ["| dtype | path | micro x accum | grad. ckpt | epochs | wall s (e2e) | peak GiB | bound s | wall / bound | "
-                  "loss first -> last |", "|" + "---|" * 10]
-        for r in res["training"]:
-            lines.append(f"| {r['dtype']} | {r['path']} | {r['micro_batch']} x {r['grad_accum']} | "
-                         f"{r['gradient_checkpointing']} | {r['epochs']} | {r['wall_s']} | {r['peak_gib']} | "
-                         f"{r['bound_s']} | {r['wall_over_bound']} | {r['first_loss']} -> {r['last_loss']} |")
-        lines.append("")
+        lines += md_table(["dtype", "path", "micro x accum", "grad. ckpt", "epochs", "wall s (e2e)", "peak GiB", "bound s",
+                           "wall / bound", "loss first -> last"],
+                          [[r["dtype"], r["path"], f"{r['micro_batch']} x {r['grad_accum']}", r["gradient_checkpointing"],
+                            r["epochs"], r["wall_s"], r["peak_gib"], r["bound_s"], r["wall_over_bound"],
+                            f"{r['first_loss']} -> {r['last_loss']}"] for r in res["training"]])
     for st in res.get("steady", []):
         passes = ", ".join(f"{p['e2e_clips_per_s']}" for p in st["passes"])
         lines.append(f"- steady state, {st['dtype']} book mix, {st['n_clips']} clips, batch {st['batch']}: e2e {passes} clips/s "
@@ -744,7 +761,7 @@ def main(argv=None) -> int:
                         res["training"].append(row)
                         save(res, out)
     except Exception:  # noqa: BLE001 - keep what was measured
-        res["error"] = traceback.format_exc()
+        res["error"] = strip_machine_paths(traceback.format_exc())
         log(res["error"])
     res["sweeps"] = ctx.get("sweeps", [])
     res["total_s"] = round(time.perf_counter() - t_start, 1)

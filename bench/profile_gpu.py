@@ -138,7 +138,7 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(30)
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-        text = buf.getvalue()
+        text = G.strip_machine_paths(buf.getvalue())
         lines = [ln for ln in text.splitlines() if ln.strip() and "{built-in method builtins" not in ln]
         print(f"=== {dtype} {tc.gradient_checkpointing}", flush=True)
         print("\n".join(ln[:160] for ln in lines if ln.lstrip()[:1].isdigit() or "ncalls" in ln), flush=True)
@@ -152,7 +152,7 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
     variant of the attention backend, after the process has compiled the fused kernels once; plus the GPU side
     and the kernel breakdown of one batch. Variants: ``book`` (the defaults of ``lib.model.score``), ``book+cudnn`` (attention on cuDNN, which plans
     every new shape), ``book+cat`` (the shared prefix joined to each batch's keys/values by ``torch.cat``)."""
-    import contextlib
+    import torch
 
     cfg = M.unwrap(model).config
     n_text, n_prefix, _ = ctx["prompt"]
@@ -160,12 +160,12 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
     ids = M.answer_token_ids(processor.tokenizer)
     out = {}
     for k, v in enumerate(variants):
-        name, size, b = (v.split(":") + [str(n), str(batch)][len(v.split(":")) - 1:])[:3]
-        size, b = int(size), int(b)
+        name, *rest = v.split(":")
+        size = int(rest[0]) if rest else n
+        b = int(rest[1]) if len(rest) > 1 else batch
         opts = set(name.split("+"))  # book (the defaults), +cudnn: attention on cuDNN, +cat: prefix joined by torch.cat
         plan_free = "cudnn" not in opts
         M.PREFIX_JOIN = "cat" if "cat" in opts else "copy"
-        wrap = (lambda: M.attention_backends(model)) if plan_free else contextlib.nullcontext
         paths = G.make_sets(root / f"cold{k}", size, seed=100 + k)["mix"]
         lengths = [G.LENGTHS[str(p)] for p in paths]
         bound_s = sum(A.clip_bound_flops(cfg, m, n_text, n_prefix) for m in lengths) / rate
@@ -173,13 +173,11 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
         for i in range(2):
             G.sync(device)
             t0 = time.perf_counter()
-            with wrap():
-                M.score(model, processor, M.ClipFiles(paths), batch_size=b, lengths=lengths, plan_free_attention=plan_free)
+            M.score(model, processor, M.ClipFiles(paths), batch_size=b, lengths=lengths, plan_free_attention=plan_free)
             G.sync(device)
             s = time.perf_counter() - t0
             r["passes"].append({"e2e_clips_per_s": round(size / s, 1), "e2e_over_bound": round(s / bound_s, 3)})
-        with wrap():
-            g = G.gpu_side(model, processor, G.load(paths), b, "book", device, plan_free=plan_free)
+        g = G.gpu_side(model, processor, G.load(paths), b, "book", device, plan_free=plan_free)
         r["gpu_clips_per_s"] = round(g["clips_per_s"], 1)
         r["gpu_over_bound"] = round(g["seconds"] / bound_s, 3)
         r["gpu_tflops_executed"] = round(g["flops_executed"] / g["seconds"] / 1e12, 1)
@@ -189,7 +187,7 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
             x = G._device_inputs(M.make_inputs(processor, audios), device, True)
 
             def one():
-                with torch_inference(), wrap(), M.fused_kernels(model):
+                with torch.inference_mode(), M.scoring_kernels(model, plan_free_attention=plan_free):
                     prefix = M.SharedPrefix.for_prompt(model, processor)
                     M.answer_logits(model, x, ids, prefix=prefix)
 
@@ -205,11 +203,6 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
         G.free(device)
     return out
 
-
-def torch_inference():
-    import torch
-
-    return torch.inference_mode()
 
 
 def main(argv=None) -> int:

@@ -797,10 +797,7 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
     prefix: SharedPrefix | None = None
     pool = ThreadPoolExecutor(1, thread_name_prefix="speechbook-inputs") if prefetch and len(batches) > 1 else None
     stack = contextlib.ExitStack()
-    if fused:
-        stack.enter_context(fused_kernels(model))
-    if plan_free_attention:
-        stack.enter_context(attention_backends(model))
+    stack.enter_context(scoring_kernels(model, fused=fused, plan_free_attention=plan_free_attention))
     try:
         pending: collections.deque = collections.deque()
         ahead = iter(batches)
@@ -909,6 +906,19 @@ def _fused_classes():
         _FUSED["classes"] = (Qwen2RMSNorm, FusedRMSNorm, Qwen2MLP, FusedMLP)
         _FUSED["silu_mul_eager"] = silu_mul
     return _FUSED["classes"]
+
+
+@contextlib.contextmanager
+def scoring_kernels(model, fused: bool = True, plan_free_attention: bool = True):
+    """The kernel choices :func:`score` makes on a GPU, for code that runs the forward passes itself (the
+    benchmarks): ``fused`` elementwise work (:func:`fused_kernels`) and attention off cuDNN
+    (:func:`attention_backends`)."""
+    with contextlib.ExitStack() as stack:
+        if fused:
+            stack.enter_context(fused_kernels(model))
+        if plan_free_attention:
+            stack.enter_context(attention_backends(model))
+        yield model
 
 
 @contextlib.contextmanager

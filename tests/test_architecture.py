@@ -125,3 +125,16 @@ def test_random_architecture_runs_the_books_code_path():
     assert (fast.pred == ref.pred).all()
     again = A.build_random_model(config, device="cpu", torch_dtype="float32", seed=3)
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+def test_saved_benchmark_text_carries_no_machine_paths():
+    from bench import gpu as G
+
+    text = ('  File "/opt/torch/.venv/lib/python3.12/site-packages/torch/_tensor.py", line 1\n'
+            f"  24 0.1 {G.PROJECT_ROOT}/lib/train.py:282(batch_loss) /tmp/site/bitsandbytes/nn/modules.py:609(forward) "
+            "/usr/lib/python3.12/concurrent/futures/thread.py:58(run)")
+    assert G.strip_machine_paths(text) == (
+        '  File "<site-packages>/torch/_tensor.py", line 1\n'
+        "  24 0.1 lib/train.py:282(batch_loss) <site-packages>/bitsandbytes/nn/modules.py:609(forward) "
+        "<stdlib>/concurrent/futures/thread.py:58(run)")
+    assert G.md_table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |", ""]
