@@ -456,13 +456,14 @@ def warm_matplotlib() -> None:
     plt.close(fig)
 
 
-def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool | str = False):
+def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool | str = False,
+           lora_kernel: str = "fused"):
     from lib import train as T
 
     return T.TrainConfig(lora_variant="attn", lora_r=16, lora_alpha=32, lora_dropout=0.05, extra_trainable=[],
                          loss_masking=True, epochs=epochs, learning_rate=2e-4, micro_batch_size=micro,
                          grad_accum_steps=accum, lr_schedule="cosine", warmup_ratio=0.05, checkpoint_every_steps=200,
-                         seed=0, gradient_checkpointing=gradient_checkpointing)
+                         seed=0, gradient_checkpointing=gradient_checkpointing, lora_kernel=lora_kernel)
 
 
 def plain_train(peft_model, processor, audios, labels, tc, device: str) -> list[float]:
@@ -513,6 +514,7 @@ def plain_train(peft_model, processor, audios, labels, tc, device: str) -> list[
 def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, ctx: dict, epochs_run: int | None = None):
     """Wall time of the recipe from the WAV files to the trained adapter (LoRA set-up, loading, features, steps,
     the book's checkpoints); the LoRA is removed again afterwards (the base weights are untouched)."""
+    from lib import fast_lora as FL
     from lib import train as T
 
     device, ceil = ctx["device"], ctx["ceilings"]
@@ -535,19 +537,21 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
     lora_params = T.parameter_counts(peft_model)["trainable_params"]
     base = peft_model.unload()
     T.set_gradient_checkpointing(base, "none")
+    FL.use_fused_lora(base, "peft")  # the frozen 4-bit layers keep no fused forward into the next run
     bound_flops = tc.epochs * sum(A.clip_train_bound_flops(cfg, len(a), n_text + n_suffix, lora_params) for a in audios)
     wbytes = A.weight_bytes(M.unwrap(base))
     n_micro = tc.epochs * math.ceil(len(audios) / tc.micro_batch_size)
     floor_bytes = 2 * n_micro * wbytes  # forward + backward each read the weights once
     bound_s = max(bound_flops / ceil["matmul_flops"], floor_bytes / ceil["copy_bytes_per_s"])
+    lora_kernel = tc.lora_kernel if path == "book" else "peft"  # the plain loop is peft's layers as they come
     row = {"dtype": dtype, "path": path, "micro_batch": tc.micro_batch_size, "grad_accum": tc.grad_accum_steps,
-           "gradient_checkpointing": tc.gradient_checkpointing, "epochs": tc.epochs, "clips": len(audios),
+           "gradient_checkpointing": tc.gradient_checkpointing, "lora_kernel": lora_kernel, "epochs": tc.epochs, "clips": len(audios),
            "wall_s": round(wall, 2), "peak_gib": peak, "flops_bound": int(bound_flops), "bytes_floor": int(floor_bytes),
            "bound_s": round(bound_s, 3), "wall_over_bound": round(wall / bound_s, 1),
            "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
            "finite": bool(np.isfinite(losses).all()), "trainable_params": lora_params}
     log(f"  {dtype:5s} {path:5s} train micro {tc.micro_batch_size:2d} x accum {tc.grad_accum_steps}"
-        f"{'' if tc.gradient_checkpointing == 'none' else ' +gc ' + tc.gradient_checkpointing} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
+        f"{'' if tc.gradient_checkpointing == 'none' else ' +gc ' + tc.gradient_checkpointing} lora {lora_kernel} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
         f"bound {bound_s:.2f} s, ratio {row['wall_over_bound']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     del peft_model
     free(device)
@@ -612,10 +616,10 @@ def markdown(res: dict) -> str:
                             f"{r['bound_clips_per_s']} ({r['bound_kind']})", r["e2e_over_bound"], r["gpu_over_bound"],
                             f"{r['gpu_tflops_executed']:.3g}"] for r in res["scoring"]])
     if res.get("training"):
-        lines += md_table(["dtype", "path", "micro x accum", "grad. ckpt", "epochs", "wall s (e2e)", "peak GiB", "bound s",
-                           "wall / bound", "loss first -> last"],
+        lines += md_table(["dtype", "path", "micro x accum", "grad. ckpt", "LoRA layers", "epochs", "wall s (e2e)", "peak GiB",
+                           "bound s", "wall / bound", "loss first -> last"],
                           [[r["dtype"], r["path"], f"{r['micro_batch']} x {r['grad_accum']}", r["gradient_checkpointing"],
-                            r["epochs"], r["wall_s"], r["peak_gib"], r["bound_s"], r["wall_over_bound"],
+                            r.get("lora_kernel", "peft"), r["epochs"], r["wall_s"], r["peak_gib"], r["bound_s"], r["wall_over_bound"],
                             f"{r['first_loss']} -> {r['last_loss']}"] for r in res["training"]])
     for st in res.get("steady", []):
         passes = ", ".join(f"{p['e2e_clips_per_s']}" for p in st["passes"])
@@ -650,6 +654,8 @@ def main(argv=None) -> int:
     ap.add_argument("--paths", default="plain,book")
     ap.add_argument("--nf4-checkpointing", default="mlp,layers:24,layers",
                     help="gradient-checkpointing modes of the extra NF4 book recipes (lib.train.set_gradient_checkpointing)")
+    ap.add_argument("--book-lora-kernels", default="fused,peft",
+                    help="LoRA layers of the book's recipes, each run side by side (lib.fast_lora: fused, peft)")
     args = ap.parse_args(argv)
 
     import torch
@@ -745,10 +751,10 @@ def main(argv=None) -> int:
                     if "plain" in paths:
                         runs.append(("plain", recipe(2, 8, epochs=1 if q else 3)))
                     if "book" in paths:
-                        runs.append(("book", recipe(16, 1)))
-                        if dtype == "nf4":
-                            for mode in args.nf4_checkpointing.split(","):
-                                runs.append(("book", recipe(16, 1, gradient_checkpointing=mode)))
+                        modes = ["none"] + (args.nf4_checkpointing.split(",") if dtype == "nf4" else [])
+                        for mode in modes:
+                            for kernel in args.book_lora_kernels.split(","):
+                                runs.append(("book", recipe(16, 1, gradient_checkpointing=mode, lora_kernel=kernel)))
                     for path, tc in runs:
                         try:
                             model, row = training_figure(model, processor, train_paths, labels, dtype, path, tc, ctx)

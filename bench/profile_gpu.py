@@ -127,7 +127,11 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
     labels = list(rng.choice(["speech", "nonspeech"], len(paths)))
     ctx = {"device": device, "ceilings": {"matmul_flops": 7e14, "copy_bytes_per_s": 3e12}, "prompt": G.prompt_tokens(processor)}
     out = {}
-    runs = [(spec.split(":", 1)[0], G.recipe(16, 1, gradient_checkpointing=spec.split(":", 1)[1])) for spec in train_runs]
+    runs = []
+    for spec in train_runs:  # dtype:mode[@kernel], e.g. nf4:layers:24@peft
+        spec, _, kernel = spec.partition("@")
+        dtype, mode = spec.split(":", 1)
+        runs.append((dtype, G.recipe(16, 1, gradient_checkpointing=mode, lora_kernel=kernel or "fused")))
     for i, (dtype, tc) in enumerate(runs):
         if dtype == "nf4" and not getattr(model, "is_loaded_in_4bit", False):
             A.quantize_nf4_(model, "bfloat16")
@@ -140,9 +144,9 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
         text = G.strip_machine_paths(buf.getvalue())
         lines = [ln for ln in text.splitlines() if ln.strip() and "{built-in method builtins" not in ln]
-        print(f"=== {dtype} {tc.gradient_checkpointing}", flush=True)
+        print(f"=== {dtype} {tc.gradient_checkpointing} lora {tc.lora_kernel}", flush=True)
         print("\n".join(ln[:160] for ln in lines if ln.lstrip()[:1].isdigit() or "ncalls" in ln), flush=True)
-        out[f"{i}_{dtype}_{tc.micro_batch_size}x{tc.grad_accum_steps}{'' if tc.gradient_checkpointing == 'none' else '_gc_' + tc.gradient_checkpointing}"] = {
+        out[f"{i}_{dtype}_{tc.micro_batch_size}x{tc.grad_accum_steps}{'' if tc.gradient_checkpointing == 'none' else '_gc_' + tc.gradient_checkpointing}_{tc.lora_kernel}"] = {
             "row": row, "profile": lines}
     return out
 
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--train-clips", type=int, default=128)
     ap.add_argument("--train-runs", default="bf16:none,nf4:none,nf4:layers",
-                    help="dtype:gradient_checkpointing of each recipe profiled (in this order; NF4 after bf16)")
+                    help="dtype:gradient_checkpointing[@lora_kernel] of each recipe profiled (in this order; NF4 after bf16; kernel fused unless @peft)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
     ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold")
     ap.add_argument("--cold-variants", default="book+cudnn,book,book+cat,book,book+cat,book:8192",

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from . import fast_lora as FL
 from . import io
 from . import model as M
 
@@ -116,9 +117,11 @@ class TrainConfig:
     seed: int = 0
     prompt: str = M.DEFAULT_PROMPT
     gradient_checkpointing: bool | str = False  # False | "layers" (True) | "layers:N" | "mlp": set_gradient_checkpointing
+    lora_kernel: str = "fused"  # "fused" (lib.fast_lora: one autograd function per projection) | "peft" (peft's forward)
 
     def __post_init__(self) -> None:
         self.gradient_checkpointing = checkpointing_mode(self.gradient_checkpointing)
+        self.lora_kernel = FL.lora_kernel(self.lora_kernel)
 
     @classmethod
     def from_cfg(cls, cfg: dict[str, Any], **overrides: Any) -> "TrainConfig":
@@ -377,7 +380,7 @@ def run_fingerprint(tc: TrainConfig, base: dict[str, Any], clip_ids: Sequence[st
     data = hashlib.sha256(json.dumps([list(map(str, clip_ids)), list(labels)]).encode()).hexdigest()
     # settings that change neither the arithmetic nor the data order may differ between a run and its resume
     fp = {k: v for k, v in asdict(tc).items()
-          if k not in ("checkpoint_every_steps", "eval_batch_size", "gradient_checkpointing")}
+          if k not in ("checkpoint_every_steps", "eval_batch_size", "gradient_checkpointing", "lora_kernel")}
     return {**fp, "base_model": base, "train_data_sha256": data, **(extra or {})}
 
 
@@ -454,6 +457,7 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
     total_steps = steps_per_epoch * tc.epochs
 
     set_gradient_checkpointing(model, tc.gradient_checkpointing)
+    FL.use_fused_lora(model, tc.lora_kernel)  # the same arithmetic as peft's layers, with far less Python per call
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

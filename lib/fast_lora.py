@@ -1,0 +1,233 @@
+"""LoRA training layers with one autograd function per projection, for the same arithmetic as peft's.
+
+Training the 7B in NF4 is bound by Python on the host, not by the GPU (bench/NOTES.md, v3): peft's LoRA
+forward for a bitsandbytes layer runs about twenty Python-level steps per call (argument checks, adapter
+loops, a defensive ``clone``, three sub-module calls, the 4-bit layer's own checks, an autograd function and
+two custom ops), and gradient checkpointing runs every one of them again in the recomputation. Here one
+``torch.autograd.Function`` does a projection's whole job: base matmul (dequantizing the 4-bit weight into
+the compute dtype, as bitsandbytes' own path does for more than a few rows), LoRA dropout, ``A``, ``B``,
+scaling, the add, and the matching backward, which dequantizes again instead of keeping the dense weight.
+
+The arithmetic is peft's, operation for operation and in the same dtypes, so results are the same up to
+float rounding (the tests compare gradients and whole training runs):
+
+* the LoRA branch runs in the adapter's dtype (peft keeps adapters in float32) on the input cast to it;
+* dropout draws its mask through ``torch.native_dropout``, the kernel ``F.dropout`` itself uses, so the
+  random stream and the masks are peft's (checkpointing's recomputation replays them);
+* peft's 4-bit layer rounds the LoRA output to the base's dtype before adding; its plain linear layer adds
+  in float32 and rounds once; each is kept.
+
+Only the plain case takes the fast path: one active adapter, vanilla LoRA (no DoRA or other variant, no
+LoRA bias), not merged, adapters enabled, no autocast, no extra call arguments, and autograd recording.
+Everything else (scoring under ``no_grad``, mixed adapter batches, ``disable_adapter()``) goes to peft's own
+forward, unchanged. :func:`use_fused_lora` switches a model's layers either way.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+LORA_KERNELS = ("fused", "peft")
+
+
+def lora_kernel(value: str | None) -> str:
+    """``lora_kernel`` checked: ``fused`` (this module's layers) or ``peft`` (peft's own forward)."""
+    mode = "fused" if value is None else str(value)
+    if mode not in LORA_KERNELS:
+        raise ValueError(f"lora_kernel {value!r} unknown; valid: {', '.join(LORA_KERNELS)}")
+    return mode
+
+
+def _is_4bit(layer) -> bool:
+    return hasattr(getattr(layer, "weight", None), "quant_state")
+
+
+def _dense_weight(layer, dtype):
+    """The base layer's weight as a dense matrix in ``dtype``: 4-bit weights are dequantized (a new tensor each
+    call, never kept), others are returned as they are."""
+    if _is_4bit(layer):
+        import bitsandbytes.functional as bnbF
+
+        weight = bnbF.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        return weight if weight.dtype == dtype else weight.to(dtype)
+    return layer.weight if layer.weight.dtype == dtype else layer.weight.to(dtype)
+
+
+def _compute_dtype(layer, x):
+    """The dtype the base matmul runs in: bitsandbytes casts the input to its compute dtype, nn.Linear to
+    nothing (its weight's dtype must match)."""
+    if _is_4bit(layer):
+        return layer.compute_dtype if getattr(layer, "compute_dtype", None) is not None else x.dtype
+    return layer.weight.dtype
+
+
+def _bias(layer, dtype):
+    """The base layer's bias in the compute dtype (bitsandbytes casts it so), or None."""
+    bias = layer.bias
+    return bias if bias is None or bias.dtype == dtype else bias.to(dtype)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class _Functions:
+    """The autograd functions, built on first use so that importing this module does not import torch."""
+
+    _made: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, name: str):
+        if not cls._made:
+            cls._made.update(_make_functions())
+        return cls._made[name]
+
+
+def _make_functions() -> dict[str, Any]:
+    torch = _torch()
+    F = torch.nn.functional
+
+    class LoRAProjection(torch.autograd.Function):
+        """``base(x) + B(A(dropout(x))) * scaling`` with a frozen (maybe 4-bit) base; saves the dropped-out
+        input, ``A``'s output and the mask, as peft's autograd graph does, and never the dense base weight."""
+
+        @staticmethod
+        def forward(ctx, x, weight_a, weight_b, base, scaling: float, p: float, round_lora_first: bool):
+            in_dtype = x.dtype
+            x2 = x.reshape(-1, x.shape[-1])
+            cdtype = _compute_dtype(base, x)
+            y = F.linear(x2.to(cdtype), _dense_weight(base, cdtype), _bias(base, cdtype))
+            if _is_4bit(base):
+                y = y.to(in_dtype)  # bitsandbytes returns the input's dtype
+            xl = x2.to(weight_a.dtype)
+            if p > 0.0:
+                xd, mask = torch.native_dropout(xl, p, True)
+            else:
+                xd, mask = xl, None
+            xa = F.linear(xd, weight_a)
+            lora = F.linear(xa, weight_b) * scaling
+            out = y + lora.to(y.dtype) if round_lora_first else (y + lora).to(y.dtype)
+            ctx.base, ctx.scaling, ctx.p, ctx.in_dtype, ctx.cdtype = base, scaling, p, in_dtype, cdtype
+            ctx.save_for_backward(xd, xa, mask, weight_a, weight_b)
+            return out.view(*x.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            xd, xa, mask, weight_a, weight_b = ctx.saved_tensors
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            # LoRA branch (in the adapter's dtype); the casts around it are exact for the gradient
+            gl = g2.to(weight_a.dtype) * ctx.scaling
+            grad_b = gl.t().mm(xa) if ctx.needs_input_grad[2] else None
+            g_xa = gl.mm(weight_b)
+            grad_a = g_xa.t().mm(xd) if ctx.needs_input_grad[1] else None
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                g_xd = g_xa.mm(weight_a)
+                if mask is not None:
+                    g_xd = torch.ops.aten.native_dropout_backward(g_xd, mask, 1.0 / (1.0 - ctx.p))
+                base = ctx.base
+                grad_base = g2.to(ctx.cdtype).mm(_dense_weight(base, ctx.cdtype)).to(ctx.in_dtype)
+                grad_x = (grad_base + g_xd.to(ctx.in_dtype)).view(*grad_out.shape[:-1], grad_base.shape[-1])
+            return grad_x, grad_a, grad_b, None, None, None, None
+
+    class FrozenLinear4bit(torch.autograd.Function):
+        """A frozen 4-bit linear layer: dequantize and multiply forward, dequantize again for backward."""
+
+        @staticmethod
+        def forward(ctx, x, layer):
+            in_dtype = x.dtype
+            cdtype = _compute_dtype(layer, x)
+            y = F.linear(x.to(cdtype), _dense_weight(layer, cdtype), _bias(layer, cdtype)).to(in_dtype)
+            ctx.layer, ctx.in_dtype, ctx.cdtype = layer, in_dtype, cdtype
+            return y
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            w = _dense_weight(ctx.layer, ctx.cdtype)
+            return torch.matmul(grad_out.to(ctx.cdtype), w).to(ctx.in_dtype), None
+
+    return {"lora": LoRAProjection, "frozen4bit": FrozenLinear4bit}
+
+
+# ----------------------------------------------------------------------------------------- the forwards
+def _plain_case(layer, x, args, kwargs) -> str | None:
+    """The adapter name when ``layer`` may take the fused path for this call, else None."""
+    torch = _torch()
+    if args or kwargs or layer.disable_adapters or layer.merged or not torch.is_grad_enabled():
+        return None
+    if torch.is_autocast_enabled():
+        return None
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    if len(active) != 1:
+        return None
+    name = active[0]
+    if name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
+        return None
+    if not getattr(layer, "cast_input_dtype_enabled", True):
+        return None
+    return name
+
+
+def _fused_lora_forward(self, x, *args, **kwargs):
+    name = _plain_case(self, x, args, kwargs)
+    if name is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    torch = _torch()
+    dropout = self.lora_dropout[name]
+    p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+    return _Functions.get("lora").apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
+                                        float(self.scaling[name]), p, _is_4bit(self.base_layer))
+
+
+def _fused_frozen4bit_forward(self, x, *args, **kwargs):
+    torch = _torch()
+    if args or kwargs or not torch.is_grad_enabled() or self.weight.requires_grad \
+            or getattr(self.weight, "quant_state", None) is None or (self.bias is not None and self.bias.requires_grad):
+        return type(self).forward(self, x, *args, **kwargs)
+    return _Functions.get("frozen4bit").apply(x, self)
+
+
+def use_fused_lora(model, kernel: str = "fused") -> int:
+    """Give every peft LoRA linear layer in ``model`` (plain or bitsandbytes 4-bit), and every frozen 4-bit
+    linear layer, the fused training forward (``kernel="fused"``), or take it away again (``"peft"``).
+    Returns the number of layers switched on. The forward is set on the instances, so the modules, their
+    state dicts and saved adapters are exactly peft's."""
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import Linear as LoraLinear
+
+    kernel = lora_kernel(kernel)
+    lora_types: tuple[type, ...] = (LoraLinear,)
+    try:
+        from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+        lora_types += (LoraLinear4bit,)
+    except ImportError:  # peft without bitsandbytes support
+        pass
+    try:
+        import bitsandbytes as bnb
+
+        frozen_types: tuple[type, ...] = (bnb.nn.Linear4bit,)
+    except ImportError:
+        frozen_types = ()
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and type(module) in lora_types:
+            fn = _fused_lora_forward
+        elif frozen_types and type(module) in frozen_types:
+            fn = _fused_frozen4bit_forward
+        else:
+            continue
+        if kernel == "fused":
+            module.forward = types.MethodType(fn, module)  # a bound method: deepcopy rebinds it to the copy
+            count += 1
+        elif "forward" in vars(module):
+            del module.forward
+    return count
+
+
+def fused_layers(model) -> int:
+    """How many of ``model``'s layers have the fused forward."""
+    fns = (_fused_lora_forward, _fused_frozen4bit_forward)
+    return sum(1 for m in model.modules() if getattr(vars(m).get("forward"), "__func__", None) in fns)
