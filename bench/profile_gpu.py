@@ -151,6 +151,64 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
     return out
 
 
+def step_times(model, processor, paths, device: str, variants: list[str], rounds: int = 2, steps: int = 6) -> dict:
+    """One training micro-batch (16 clips of the mix: forward, loss, backward) timed per variant, the variants
+    interleaved ``rounds`` times in one process: ``kernel:mode[+re]`` with kernel ``fused`` | ``fused-nocache``
+    (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode and ``+re`` reentrant
+    checkpointing. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
+    in one step (the sum of its kernels' times, torch.profiler) and the peak memory."""
+    import torch
+
+    from lib import fast_lora as FL
+    from lib import train as T
+
+    tc = G.recipe(16, 1)
+    peft_model = T.apply_lora(model, tc)
+    audios = G.load(paths[:16])
+    answers = ["A", "B"] * 8
+    out: dict = {v: {"rounds": []} for v in variants}
+
+    def one_step():
+        loss = T.batch_loss(peft_model, processor, audios, answers, tc)
+        with M.attention_backends(peft_model):
+            loss.backward()
+        peft_model.zero_grad(set_to_none=True)
+
+    for r in range(rounds):
+        for v in variants:
+            kernel, _, rest = v.partition(":")
+            reentrant = rest.endswith("+re")
+            mode = rest.removesuffix("+re")
+            T.set_gradient_checkpointing(peft_model, mode, reentrant=reentrant)
+            FL.use_fused_lora(peft_model, kernel.removesuffix("-nocache"), cache_absmax=not kernel.endswith("-nocache"))
+            peft_model.train()
+            G.free(device)
+            G.reset_peak(device)
+            one_step()  # warm-up
+            times = []
+            for _ in range(steps):
+                G.sync(device)
+                t0 = time.perf_counter()
+                one_step()
+                G.sync(device)
+                times.append(time.perf_counter() - t0)
+            row = {"median_ms": round(1e3 * float(np.median(times)), 1), "min_ms": round(1e3 * min(times), 1),
+                   "peak_gib": G.peak_gib(device)}
+            if r == 0 and device.startswith("cuda"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    one_step()
+                    G.sync(device)
+                row["gpu_busy_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3, 1)
+            out[v]["rounds"].append(row)
+            print(f"step {v:28s} round {r}: median {row['median_ms']:7.1f} ms, min {row['min_ms']:7.1f} ms"
+                  f"{', gpu busy ' + str(row['gpu_busy_ms']) + ' ms' if 'gpu_busy_ms' in row else ''}, peak {row['peak_gib']} GiB",
+                  flush=True)
+    T.set_gradient_checkpointing(peft_model, "none")
+    FL.use_fused_lora(peft_model, "peft")
+    peft_model.unload()
+    return out
+
+
 def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int, n: int, variants: list[str]) -> dict:
     """First and second pass of ``lib.model.score`` over NEW files (fresh lengths, so fresh batch shapes) per
     variant of the attention backend, after the process has compiled the fused kernels once; plus the GPU side
@@ -219,7 +277,10 @@ def main(argv=None) -> int:
     ap.add_argument("--train-runs", default="bf16:none,nf4:none,nf4:layers",
                     help="dtype:gradient_checkpointing[@lora_kernel] of each recipe profiled (in this order; NF4 after bf16; kernel fused unless @peft)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
-    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold")
+    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold, steps")
+    ap.add_argument("--step-variants", default="peft:layers,fused-nocache:layers,fused:layers,peft:layers+re,fused:layers+re,"
+                    "fused:layers:24,fused:layers:24+re,fused:mlp,fused:mlp+re,peft:none,fused:none",
+                    help="kernel:mode[+re] of each timed training step, for --only steps (NF4)")
     ap.add_argument("--cold-variants", default="book+cudnn,book,book+cat,book,book+cat,book:8192",
                     help="attention variants (base | no_cudnn), each optionally :<clips>[:<batch>], for --only cold")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
@@ -250,6 +311,12 @@ def main(argv=None) -> int:
             res["first_call_s"] = time.perf_counter() - t0
             res["cold"] = cold_passes(model, processor, Path(tmp), ctx, device, args.batch, args.clips,
                                       args.cold_variants.split(","))
+            (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+            return 0
+        if "steps" in only:
+            model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+            A.quantize_nf4_(model, "bfloat16")
+            res["steps"] = step_times(model, processor, paths, device, args.step_variants.split(","))
             (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
             return 0
         if "score_e2e" in only or "train" in only:

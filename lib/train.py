@@ -173,7 +173,7 @@ def checkpointing_mode(value: bool | str | None) -> str:
                      f"(the first N language-model layers, N >= 1), mlp")
 
 
-def set_gradient_checkpointing(model, mode: bool | str) -> None:
+def set_gradient_checkpointing(model, mode: bool | str, reentrant: bool = False) -> None:
     """Recompute activations in backward instead of keeping them (or stop doing so: ``"none"``).
 
     * ``"layers"``: every decoder layer (Hugging Face's ``gradient_checkpointing_enable``): the least memory, but
@@ -183,17 +183,33 @@ def set_gradient_checkpointing(model, mode: bool | str) -> None:
     * ``"mlp"``: only each language-model layer's MLP; attention (and its LoRA layers) run once. The MLP holds
       about a quarter of a layer's activations. On the 7B in NF4 (micro-batch 16) measured: 15.0 GiB without
       checkpointing, 12.9 with ``"mlp"``, 9.3 with ``"layers:24"``, 7.7 with ``"layers"`` (bench/NOTES.md).
+
+    ``reentrant``: torch's reentrant checkpointing (the first forward runs without autograd, backward reruns
+    it with autograd) instead of the saved-tensor hooks of the non-reentrant one. It needs the checkpointed
+    layers' input to require grad: the language model's input embeddings are marked so (not the audio
+    encoder's input, which Hugging Face's own hook would mark, making the frozen encoder keep activations).
     """
     import torch
     import torch.utils.checkpoint as cp
 
     mode = checkpointing_mode(mode)
     base = M.unwrap(model)
+    hook = vars(base).pop("_lm_input_grad_hook", None)
+    if hook is not None:
+        hook.remove()
+    if reentrant and mode != "none":
+        base._lm_input_grad_hook = base.model.language_model.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: output.requires_grad_(True))
     if mode.startswith("layers"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         # gradient_checkpointing_enable hooks the input embeddings (for Qwen2-Audio: the frozen audio
         # encoder's first convolution) so that they require grad: the encoder would keep its activations.
         model.disable_input_require_grads()
+        tower = base.model.audio_tower
+        if not any(p.requires_grad for p in tower.parameters()):  # runs without autograd: nothing to recompute
+            for module in tower.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False
         if ":" in mode:
             for layer in base.model.language_model.layers[int(mode.split(":")[1]):]:
                 layer.gradient_checkpointing = False
@@ -201,15 +217,15 @@ def set_gradient_checkpointing(model, mode: bool | str) -> None:
         base.gradient_checkpointing_disable()
     for layer in base.model.language_model.layers:
         mlp = layer.mlp
-        if mode == "mlp" and "forward" not in vars(mlp):
+        if "forward" in vars(mlp):
+            del mlp.forward
+        if mode == "mlp":
             def forward(x, _mlp=mlp):
                 cls_forward = type(_mlp).forward  # looked up per call: scoring may swap in the fused class
                 if _mlp.training and torch.is_grad_enabled():
-                    return cp.checkpoint(cls_forward, _mlp, x, use_reentrant=False)
+                    return cp.checkpoint(cls_forward, _mlp, x, use_reentrant=reentrant)
                 return cls_forward(_mlp, x)
             mlp.forward = forward
-        elif mode != "mlp" and "forward" in vars(mlp):
-            del mlp.forward
 
 
 def target_modules_regex(variant: str) -> str:
@@ -458,90 +474,92 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
 
     set_gradient_checkpointing(model, tc.gradient_checkpointing)
     FL.use_fused_lora(model, tc.lora_kernel)  # the same arithmetic as peft's layers, with far less Python per call
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: wrap it with apply_lora first")
+        optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=math.ceil(tc.warmup_ratio * total_steps),
+                                  num_training_steps=total_steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: wrap it with apply_lora first")
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=math.ceil(tc.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+        state = {"step": 0, "epoch": 0, "micro": 0, "history": [], "dev": [], "fingerprint": fingerprint,
+                 "total_steps": total_steps}
+        resumed_from = None
+        if resume and ckpt_root.exists():
+            io.clear_leftovers(ckpt_root)  # a checkpoint half-written when the last run was killed
+        last = latest_checkpoint(ckpt_root) if resume else None
+        if last is not None:
+            saved = json.loads((last / "state.json").read_text())
+            check_fingerprint(saved["fingerprint"], json.loads(json.dumps(fingerprint)), ckpt_root)
+            state = load_checkpoint(last, model, optimizer, scheduler)
+            resumed_from = state["step"]
+        else:
+            torch.manual_seed(tc.seed)
+            np.random.seed(tc.seed % 2**32)
+            random.seed(tc.seed)
 
-    state = {"step": 0, "epoch": 0, "micro": 0, "history": [], "dev": [], "fingerprint": fingerprint,
-             "total_steps": total_steps}
-    resumed_from = None
-    if resume and ckpt_root.exists():
-        io.clear_leftovers(ckpt_root)  # a checkpoint half-written when the last run was killed
-    last = latest_checkpoint(ckpt_root) if resume else None
-    if last is not None:
-        saved = json.loads((last / "state.json").read_text())
-        check_fingerprint(saved["fingerprint"], json.loads(json.dumps(fingerprint)), ckpt_root)
-        state = load_checkpoint(last, model, optimizer, scheduler)
-        resumed_from = state["step"]
-    else:
-        torch.manual_seed(tc.seed)
-        np.random.seed(tc.seed % 2**32)
-        random.seed(tc.seed)
-
-    model.train()
-    quiet = not progress or (parallel is not None and not parallel.is_main)
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", disable=quiet)
-    steps_this_call = 0
-    while state["epoch"] < tc.epochs:
-        epoch = state["epoch"]
-        order = _epoch_order(n, tc.seed, epoch)
-        micro_batches = [order[i:i + tc.micro_batch_size] for i in range(0, n, tc.micro_batch_size)]
-        while state["micro"] < len(micro_batches):
-            group = micro_batches[state["micro"]:state["micro"] + tc.grad_accum_steps]
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            n_group = sum(len(idx) for idx in group)
-            for idx in group:
-                if parallel is not None:  # data parallel: this process takes its share of every micro-batch
-                    idx = parallel.shard(idx)
-                    if len(idx) == 0:
-                        continue
-                loss = batch_loss(model, processor, [train_audios[i] for i in idx], [answers[i] for i in idx], tc,
-                                  short_encoder=short)
-                weight = len(idx) / n_group  # the step's loss is the mean over its clips, whatever the micro-batch
-                with M.attention_backends(model):  # gradient checkpointing recomputes attention here: same kernels
-                    (loss * weight).backward()
-                total += float(loss.detach()) * weight
-            if parallel is not None:  # weights are shares of the whole step: summing gives one process's gradient
-                total = parallel.sum_gradients(params, total)
-            if tc.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            state["micro"] += len(group)
-            state["step"] += 1
-            steps_this_call += 1
-            state["history"].append({"step": state["step"], "epoch": epoch + state["micro"] / len(micro_batches),
-                                     "loss": total, "lr": lr})
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", epoch=epoch + 1)
-            epoch_done = state["micro"] >= len(micro_batches)
-            if epoch_done:
-                if dev_audios is not None and len(dev_audios):
-                    ev = _dev_eval(model, processor, dev_audios, dev_labels, tc)
-                    state["dev"].append({"epoch": epoch + 1, "step": state["step"], **ev})
-                    bar.write(f"epoch {epoch + 1}: dev accuracy {ev['dev_accuracy']:.3f}, "
-                              f"balanced {ev['dev_balanced_accuracy']:.3f}, loss {ev['dev_loss']:.4f}")
-                    if on_epoch_end:
-                        on_epoch_end(state["dev"][-1])
-                state["epoch"] += 1
-                state["micro"] = 0
-            if epoch_done or state["step"] % tc.checkpoint_every_steps == 0:
-                if parallel is None or parallel.is_main:
-                    save_checkpoint(ckpt_root, state, model, optimizer, scheduler)
-                if parallel is not None:
-                    parallel.barrier()
-            if crash_after_steps is not None and steps_this_call >= crash_after_steps:
-                bar.close()
-                raise SimulatedCrash(f"simulated crash after {steps_this_call} steps (step {state['step']})")
-            if epoch_done:
-                break
-    bar.close()
+        model.train()
+        quiet = not progress or (parallel is not None and not parallel.is_main)
+        bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", disable=quiet)
+        steps_this_call = 0
+        while state["epoch"] < tc.epochs:
+            epoch = state["epoch"]
+            order = _epoch_order(n, tc.seed, epoch)
+            micro_batches = [order[i:i + tc.micro_batch_size] for i in range(0, n, tc.micro_batch_size)]
+            while state["micro"] < len(micro_batches):
+                group = micro_batches[state["micro"]:state["micro"] + tc.grad_accum_steps]
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                n_group = sum(len(idx) for idx in group)
+                for idx in group:
+                    if parallel is not None:  # data parallel: this process takes its share of every micro-batch
+                        idx = parallel.shard(idx)
+                        if len(idx) == 0:
+                            continue
+                    loss = batch_loss(model, processor, [train_audios[i] for i in idx], [answers[i] for i in idx], tc,
+                                      short_encoder=short)
+                    weight = len(idx) / n_group  # the step's loss is the mean over its clips, whatever the micro-batch
+                    with M.attention_backends(model):  # gradient checkpointing recomputes attention here: same kernels
+                        (loss * weight).backward()
+                    total += float(loss.detach()) * weight
+                if parallel is not None:  # weights are shares of the whole step: summing gives one process's gradient
+                    total = parallel.sum_gradients(params, total)
+                if tc.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                state["micro"] += len(group)
+                state["step"] += 1
+                steps_this_call += 1
+                state["history"].append({"step": state["step"], "epoch": epoch + state["micro"] / len(micro_batches),
+                                         "loss": total, "lr": lr})
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}", epoch=epoch + 1)
+                epoch_done = state["micro"] >= len(micro_batches)
+                if epoch_done:
+                    if dev_audios is not None and len(dev_audios):
+                        ev = _dev_eval(model, processor, dev_audios, dev_labels, tc)
+                        state["dev"].append({"epoch": epoch + 1, "step": state["step"], **ev})
+                        bar.write(f"epoch {epoch + 1}: dev accuracy {ev['dev_accuracy']:.3f}, "
+                                  f"balanced {ev['dev_balanced_accuracy']:.3f}, loss {ev['dev_loss']:.4f}")
+                        if on_epoch_end:
+                            on_epoch_end(state["dev"][-1])
+                    state["epoch"] += 1
+                    state["micro"] = 0
+                if epoch_done or state["step"] % tc.checkpoint_every_steps == 0:
+                    if parallel is None or parallel.is_main:
+                        save_checkpoint(ckpt_root, state, model, optimizer, scheduler)
+                    if parallel is not None:
+                        parallel.barrier()
+                if crash_after_steps is not None and steps_this_call >= crash_after_steps:
+                    bar.close()
+                    raise SimulatedCrash(f"simulated crash after {steps_this_call} steps (step {state['step']})")
+                if epoch_done:
+                    break
+        bar.close()
+    finally:  # the model leaves as peft made it (scoring runs peft's forward; no cached block scales)
+        FL.use_fused_lora(model, "peft")
     model.eval()
     history = pd.DataFrame(state["history"], columns=["step", "epoch", "loss", "lr"])
     dev = pd.DataFrame(state["dev"], columns=["epoch", "step", "dev_accuracy", "dev_balanced_accuracy", "dev_loss"])
