@@ -151,10 +151,10 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
     return out
 
 
-def step_times(model, processor, paths, device: str, variants: list[str], rounds: int = 2, steps: int = 6) -> dict:
+def step_times(model, processor, paths, device: str, variants: list[str], rounds: int = 3, steps: int = 8) -> dict:
     """One training micro-batch (16 clips of the mix: forward, loss, backward) timed per variant, the variants
-    interleaved ``rounds`` times in one process: ``kernel:mode[+re]`` with kernel ``fused`` | ``fused-nocache``
-    (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode and ``+re`` reentrant
+    interleaved ``rounds`` times in one process: ``kernel:mode[+re]`` with kernel ``fused`` (as ``lib.train.train``
+    runs it: fused LoRA layers and one-kernel norms) | ``fused-nocache`` (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode and ``+re`` reentrant
     checkpointing. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
     in one step (the sum of its kernels' times, torch.profiler) and the peak memory."""
     import torch
@@ -168,10 +168,11 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
     answers = ["A", "B"] * 8
     out: dict = {v: {"rounds": []} for v in variants}
 
-    def one_step():
-        loss = T.batch_loss(peft_model, processor, audios, answers, tc)
-        with M.attention_backends(peft_model):
-            loss.backward()
+    def one_step(kernel: str):  # as lib.train.train runs it: fused layers come with one-kernel norms
+        with M.fused_norms(peft_model, enabled=kernel != "peft" and device.startswith("cuda")):
+            loss = T.batch_loss(peft_model, processor, audios, answers, tc)
+            with M.attention_backends(peft_model):
+                loss.backward()
         peft_model.zero_grad(set_to_none=True)
 
     for r in range(rounds):
@@ -184,19 +185,20 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
             peft_model.train()
             G.free(device)
             G.reset_peak(device)
-            one_step()  # warm-up
+            kernel = kernel.removesuffix("-nocache")
+            one_step(kernel)  # warm-up
             times = []
             for _ in range(steps):
                 G.sync(device)
                 t0 = time.perf_counter()
-                one_step()
+                one_step(kernel)
                 G.sync(device)
                 times.append(time.perf_counter() - t0)
             row = {"median_ms": round(1e3 * float(np.median(times)), 1), "min_ms": round(1e3 * min(times), 1),
                    "peak_gib": G.peak_gib(device)}
             if r == 0 and device.startswith("cuda"):
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                    one_step()
+                    one_step(kernel)
                     G.sync(device)
                 row["gpu_busy_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3, 1)
             out[v]["rounds"].append(row)
@@ -278,8 +280,8 @@ def main(argv=None) -> int:
                     help="dtype:gradient_checkpointing[@lora_kernel] of each recipe profiled (in this order; NF4 after bf16; kernel fused unless @peft)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
     ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold, steps")
-    ap.add_argument("--step-variants", default="peft:layers,fused-nocache:layers,fused:layers,peft:layers+re,fused:layers+re,"
-                    "fused:layers:24,fused:layers:24+re,fused:mlp,fused:mlp+re,peft:none,fused:none",
+    ap.add_argument("--step-variants", default="peft:layers,fused:layers,fused:layers+re,peft:layers:24,fused:layers:24,"
+                    "fused:layers:24+re,fused:layers:20,fused:mlp,peft:none,fused:none",
                     help="kernel:mode[+re] of each timed training step, for --only steps (NF4)")
     ap.add_argument("--cold-variants", default="book+cudnn,book,book+cat,book,book+cat,book:8192",
                     help="attention variants (base | no_cudnn), each optionally :<clips>[:<batch>], for --only cold")

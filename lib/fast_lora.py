@@ -107,8 +107,10 @@ def _make_functions() -> dict[str, Any]:
     F = torch.nn.functional
 
     class LoRAProjection(torch.autograd.Function):
-        """``base(x) + B(A(dropout(x))) * scaling`` with a frozen (maybe 4-bit) base; saves the dropped-out
-        input, ``A``'s output and the mask, as peft's autograd graph does, and never the dense base weight."""
+        """``base(x) + B(A(dropout(x))) * scaling`` with a frozen (maybe 4-bit) base. Saves the input as it came
+        (q, k and v share one), the dropout mask and ``A``'s output, and never the dense base weight; peft's graph
+        keeps a float32 copy of the dropped-out input per projection instead, which backward here rebuilds with
+        dropout's own masked-scale kernel."""
 
         @staticmethod
         def forward(ctx, x, weight_a, weight_b, base, scaling: float, p: float, round_lora_first: bool):
@@ -127,12 +129,15 @@ def _make_functions() -> dict[str, Any]:
             lora = F.linear(xa, weight_b) * scaling
             out = y + lora.to(y.dtype) if round_lora_first else (y + lora).to(y.dtype)
             ctx.base, ctx.scaling, ctx.p, ctx.in_dtype, ctx.cdtype = base, scaling, p, in_dtype, cdtype
-            ctx.save_for_backward(xd, xa, mask, weight_a, weight_b)
+            ctx.save_for_backward(x2, xa, mask, weight_a, weight_b)
             return out.view(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
         def backward(ctx, grad_out):
-            xd, xa, mask, weight_a, weight_b = ctx.saved_tensors
+            x2, xa, mask, weight_a, weight_b = ctx.saved_tensors
+            xd = x2.to(weight_a.dtype)
+            if mask is not None:
+                xd = torch.ops.aten.native_dropout_backward(xd, mask, 1.0 / (1.0 - ctx.p))
             g2 = grad_out.reshape(-1, grad_out.shape[-1])
             # LoRA branch (in the adapter's dtype); the casts around it are exact for the gradient
             gl = g2.to(weight_a.dtype) * ctx.scaling

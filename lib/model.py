@@ -922,6 +922,30 @@ def scoring_kernels(model, fused: bool = True, plan_free_attention: bool = True)
 
 
 @contextlib.contextmanager
+def fused_norms(model, enabled: bool | None = None):
+    """Within the block, every ``Qwen2RMSNorm`` of the language model runs as one ``F.rms_norm`` kernel, forward
+    and backward (HF's runs seven kernels each way and keeps a float32 copy of its input for backward). Used by
+    :func:`lib.train.train`; ``enabled=None``: on a GPU only (on the CPU ``F.rms_norm`` is the same sequence of
+    operations). Results change only by rounding, as with :func:`fused_kernels`."""
+    import torch
+
+    if enabled is None:
+        enabled = any(p.is_cuda for p in unwrap(model).model.language_model.norm.parameters()) and torch.cuda.is_available()
+    swapped = []
+    if enabled:
+        norm_cls, fused_norm, _, _ = _fused_classes()
+        for module in unwrap(model).model.language_model.modules():
+            if type(module) is norm_cls:
+                module.__class__ = fused_norm
+                swapped.append(module)
+    try:
+        yield model
+    finally:
+        for module in swapped:
+            module.__class__ = norm_cls
+
+
+@contextlib.contextmanager
 def fused_kernels(model, compile: bool = True):
     """Within the block, the language model's elementwise work runs fused; the weights and every matrix product
     are untouched, so results change only by rounding (a test says so). Used by :func:`score` on a GPU:

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -117,7 +118,7 @@ class TrainConfig:
     seed: int = 0
     prompt: str = M.DEFAULT_PROMPT
     gradient_checkpointing: bool | str = False  # False | "layers" (True) | "layers:N" | "mlp": set_gradient_checkpointing
-    lora_kernel: str = "fused"  # "fused" (lib.fast_lora: one autograd function per projection) | "peft" (peft's forward)
+    lora_kernel: str = "fused"  # "fused": lib.fast_lora's layers (+ one-kernel RMSNorm on a GPU) | "peft": peft's forward
 
     def __post_init__(self) -> None:
         self.gradient_checkpointing = checkpointing_mode(self.gradient_checkpointing)
@@ -394,7 +395,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
 def run_fingerprint(tc: TrainConfig, base: dict[str, Any], clip_ids: Sequence[str], labels: Sequence[str],
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps([list(map(str, clip_ids)), list(labels)]).encode()).hexdigest()
-    # settings that change neither the arithmetic nor the data order may differ between a run and its resume
+    # settings that change neither the data order nor the results beyond float rounding may differ between a run
+    # and its resume
     fp = {k: v for k, v in asdict(tc).items()
           if k not in ("checkpoint_every_steps", "eval_batch_size", "gradient_checkpointing", "lora_kernel")}
     return {**fp, "base_model": base, "train_data_sha256": data, **(extra or {})}
@@ -474,6 +476,9 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
 
     set_gradient_checkpointing(model, tc.gradient_checkpointing)
     FL.use_fused_lora(model, tc.lora_kernel)  # the same arithmetic as peft's layers, with far less Python per call
+    kernels = contextlib.ExitStack()
+    if tc.lora_kernel == "fused":
+        kernels.enter_context(M.fused_norms(model))  # on a GPU: one kernel per RMSNorm, forward and backward
     try:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -560,6 +565,7 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
         bar.close()
     finally:  # the model leaves as peft made it (scoring runs peft's forward; no cached block scales)
         FL.use_fused_lora(model, "peft")
+        kernels.close()
     model.eval()
     history = pd.DataFrame(state["history"], columns=["step", "epoch", "loss", "lr"])
     dev = pd.DataFrame(state["dev"], columns=["epoch", "step", "dev_accuracy", "dev_balanced_accuracy", "dev_loss"])

@@ -187,3 +187,21 @@ def test_training_with_fused_layers_ends_with_peft_adapter(clips, tmp_path):
     np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
     for name in w0:
         torch.testing.assert_close(w1[name], w0[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_norms_swap_every_language_model_norm_and_change_gradients_by_rounding_only(clips):
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    model, processor, tc = _model()
+    _, reference, _ = _loss_and_grads(model, processor, tc, clips)
+    lm = M.unwrap(model).model.language_model
+    n_norms = sum(type(m) is Qwen2RMSNorm for m in lm.modules())
+    assert n_norms == 2 * lm.config.num_hidden_layers + 1
+    with M.fused_norms(model, enabled=False):
+        assert sum(type(m) is Qwen2RMSNorm for m in lm.modules()) == n_norms
+    with M.fused_norms(model, enabled=True):
+        assert not any(type(m) is Qwen2RMSNorm for m in lm.modules())
+        _, grads, names = _loss_and_grads(model, processor, tc, clips)
+    assert sum(type(m) is Qwen2RMSNorm for m in lm.modules()) == n_norms  # restored
+    for name, g in reference.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
