@@ -153,9 +153,8 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
 
 def step_times(model, processor, paths, device: str, variants: list[str], rounds: int = 3, steps: int = 8) -> dict:
     """One training micro-batch (16 clips of the mix: forward, loss, backward) timed per variant, the variants
-    interleaved ``rounds`` times in one process: ``kernel:mode[+re]`` with kernel ``fused`` (as ``lib.train.train``
-    runs it: fused LoRA layers and one-kernel norms) | ``fused-nocache`` (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode and ``+re`` reentrant
-    checkpointing. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
+    interleaved ``rounds`` times in one process: ``kernel:mode`` with kernel ``fused`` (as ``lib.train.train``
+    runs it: fused LoRA layers and one-kernel norms) | ``fused-nocache`` (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
     in one step (the sum of its kernels' times, torch.profiler) and the peak memory."""
     import torch
 
@@ -177,10 +176,8 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
 
     for r in range(rounds):
         for v in variants:
-            kernel, _, rest = v.partition(":")
-            reentrant = rest.endswith("+re")
-            mode = rest.removesuffix("+re")
-            T.set_gradient_checkpointing(peft_model, mode, reentrant=reentrant)
+            kernel, _, mode = v.partition(":")
+            T.set_gradient_checkpointing(peft_model, mode)
             FL.use_fused_lora(peft_model, kernel.removesuffix("-nocache"), cache_absmax=not kernel.endswith("-nocache"))
             peft_model.train()
             G.free(device)
@@ -280,9 +277,9 @@ def main(argv=None) -> int:
                     help="dtype:gradient_checkpointing[@lora_kernel] of each recipe profiled (in this order; NF4 after bf16; kernel fused unless @peft)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
     ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold, steps")
-    ap.add_argument("--step-variants", default="peft:layers,fused:layers,fused:layers+re,peft:layers:24,fused:layers:24,"
-                    "fused:layers:24+re,fused:layers:20,fused:mlp,peft:none,fused:none",
-                    help="kernel:mode[+re] of each timed training step, for --only steps (NF4)")
+    ap.add_argument("--step-variants", default="peft:layers,fused-nocache:layers,fused:layers,peft:layers:24,fused:layers:24,"
+                    "fused:layers:20,fused:mlp,peft:none,fused:none",
+                    help="kernel:mode of each timed training step, for --only steps (NF4)")
     ap.add_argument("--cold-variants", default="book+cudnn,book,book+cat,book,book+cat,book:8192",
                     help="attention variants (base | no_cudnn), each optionally :<clips>[:<batch>], for --only cold")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))

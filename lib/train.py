@@ -174,7 +174,7 @@ def checkpointing_mode(value: bool | str | None) -> str:
                      f"(the first N language-model layers, N >= 1), mlp")
 
 
-def set_gradient_checkpointing(model, mode: bool | str, reentrant: bool = False) -> None:
+def set_gradient_checkpointing(model, mode: bool | str) -> None:
     """Recompute activations in backward instead of keeping them (or stop doing so: ``"none"``).
 
     * ``"layers"``: every decoder layer (Hugging Face's ``gradient_checkpointing_enable``): the least memory, but
@@ -184,25 +184,14 @@ def set_gradient_checkpointing(model, mode: bool | str, reentrant: bool = False)
     * ``"mlp"``: only each language-model layer's MLP; attention (and its LoRA layers) run once. The MLP holds
       about a quarter of a layer's activations. On the 7B in NF4 (micro-batch 16) measured: 15.0 GiB without
       checkpointing, 12.9 with ``"mlp"``, 9.3 with ``"layers:24"``, 7.7 with ``"layers"`` (bench/NOTES.md).
-
-    ``reentrant``: torch's reentrant checkpointing (the first forward runs without autograd, backward reruns
-    it with autograd) instead of the saved-tensor hooks of the non-reentrant one. It needs the checkpointed
-    layers' input to require grad: the language model's input embeddings are marked so (not the audio
-    encoder's input, which Hugging Face's own hook would mark, making the frozen encoder keep activations).
     """
     import torch
     import torch.utils.checkpoint as cp
 
     mode = checkpointing_mode(mode)
     base = M.unwrap(model)
-    hook = vars(base).pop("_lm_input_grad_hook", None)
-    if hook is not None:
-        hook.remove()
-    if reentrant and mode != "none":
-        base._lm_input_grad_hook = base.model.language_model.get_input_embeddings().register_forward_hook(
-            lambda module, args, output: output.requires_grad_(True))
     if mode.startswith("layers"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # gradient_checkpointing_enable hooks the input embeddings (for Qwen2-Audio: the frozen audio
         # encoder's first convolution) so that they require grad: the encoder would keep its activations.
         model.disable_input_require_grads()
@@ -224,7 +213,7 @@ def set_gradient_checkpointing(model, mode: bool | str, reentrant: bool = False)
             def forward(x, _mlp=mlp):
                 cls_forward = type(_mlp).forward  # looked up per call: scoring may swap in the fused class
                 if _mlp.training and torch.is_grad_enabled():
-                    return cp.checkpoint(cls_forward, _mlp, x, use_reentrant=reentrant)
+                    return cp.checkpoint(cls_forward, _mlp, x, use_reentrant=False)
                 return cls_forward(_mlp, x)
             mlp.forward = forward
 
