@@ -182,8 +182,9 @@ def set_gradient_checkpointing(model, mode: bool | str) -> None:
     * ``"layers:N"``: only the first N layers of the language model: memory in between, in proportion (the time
       measured on the 7B was not: most of the cost comes with checkpointing at all).
     * ``"mlp"``: only each language-model layer's MLP; attention (and its LoRA layers) run once. The MLP holds
-      about a quarter of a layer's activations. On the 7B in NF4 (micro-batch 16) measured: 15.0 GiB without
-      checkpointing, 12.9 with ``"mlp"``, 9.3 with ``"layers:24"``, 7.7 with ``"layers"`` (bench/NOTES.md).
+      about a quarter of a layer's activations. On the 7B in NF4 (micro-batch 16, :mod:`lib.fast_lora`'s layers)
+      measured: 12.6 GiB without checkpointing, 10.6 with ``"mlp"``, 9.0 with ``"layers:24"``, 7.9 with
+      ``"layers"`` (BENCHMARKS.md, v4).
     """
     import torch
     import torch.utils.checkpoint as cp
