@@ -587,6 +587,55 @@ def equivalence_check(model, processor, clips, device: str, label: str) -> dict:
     return out
 
 
+def training_check(model, processor, clips, device: str, label: str) -> dict:
+    """One training micro-batch (loss and LoRA gradients, dropout on, the same seed) through peft's layers, the
+    fused ones (``lib.fast_lora``), and the fused ones with one-kernel norms as ``lib.train.train`` runs them on a
+    GPU. LoRA's B starts at zero in peft; here it is drawn at random so that every gradient is exercised."""
+    import torch
+
+    from lib import fast_lora as FL
+    from lib import train as T
+
+    tc = recipe(len(clips), 1)
+    peft_model = T.apply_lora(model, tc)
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    answers = ["A", "B"] * (len(clips) // 2) + ["A"] * (len(clips) % 2)
+    results = {}
+    for variant in ("peft", "fused", "fused+norms"):
+        FL.use_fused_lora(peft_model, variant.split("+")[0])
+        peft_model.train()
+        torch.manual_seed(0)
+        with M.fused_norms(peft_model, enabled=variant.endswith("norms")):
+            loss = T.batch_loss(peft_model, processor, clips, answers, tc)
+            with M.attention_backends(peft_model):
+                loss.backward()
+        results[variant] = (float(loss.detach()), {n: p.grad.detach().float().clone()
+                                                    for n, p in peft_model.named_parameters() if p.requires_grad})
+        peft_model.zero_grad(set_to_none=True)
+    FL.use_fused_lora(peft_model, "peft")
+    peft_model.unload()
+    free(device)
+    loss0, g0 = results["peft"]
+    out = {"dtype": label, "n_clips": len(clips), "loss_peft": loss0}
+    for variant in ("fused", "fused+norms"):
+        loss1, g1 = results[variant]
+        flat0 = torch.cat([g0[n].flatten() for n in g0])
+        flat1 = torch.cat([g1[n].flatten() for n in g0])
+        worst = max(float((g1[n] - g0[n]).abs().max() / g0[n].abs().max().clamp_min(1e-30)) for n in g0)
+        out[variant] = {"loss": loss1, "loss_abs_diff": abs(loss1 - loss0),
+                        "grad_rel_l2": float((flat1 - flat0).norm() / flat0.norm()),
+                        "grad_cosine": float(torch.nn.functional.cosine_similarity(flat1, flat0, dim=0)),
+                        "worst_tensor_max_rel": worst, "n_tensors": len(g0)}
+        log(f"  training check {label}: {variant:11s} vs peft: loss {loss1:.5f} vs {loss0:.5f}, gradients rel L2 "
+            f"{out[variant]['grad_rel_l2']:.2e}, cosine {out[variant]['grad_cosine']:.6f}, worst tensor "
+            f"max |d| / max |g| {worst:.2e} ({len(g0)} tensors)")
+    return out
+
+
 def check_clips(n: int, seed: int = 1) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     durs = [20, 50, 100, 200, 500, 1000]
@@ -631,6 +680,11 @@ def markdown(res: dict) -> str:
                  f"{chk[k]['same_decisions']}/{chk[k]['n']}" for k in ("short_vs_padded", "book_vs_padded", "padded_vs_hf_forward")]
         lines.append(f"- check {chk['dtype']} ({chk['n_clips']} clips, {min(chk['durations_ms'])}-{max(chk['durations_ms'])} ms; "
                      f"min |logit_A - logit_B| {chk['min_margin']:.2g}): " + "; ".join(parts))
+    for chk in res.get("training_checks", []):
+        parts = [f"{v}: loss {chk[v]['loss']:.5f}, gradients rel L2 {chk[v]['grad_rel_l2']:.1e}, cosine "
+                 f"{chk[v]['grad_cosine']:.6f}, worst tensor {chk[v]['worst_tensor_max_rel']:.1e}" for v in ("fused", "fused+norms")]
+        lines.append(f"- training check {chk['dtype']} ({chk['n_clips']} clips, one micro-batch, dropout on; peft's layers: "
+                     f"loss {chk['loss_peft']:.5f}): " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
@@ -725,6 +779,8 @@ def main(argv=None) -> int:
                 if "check" in only:
                     log(f"== check {dtype}")
                     res["checks"].append(equivalence_check(model, processor, check_clips(16 if s else 48), device, dtype))
+                    res.setdefault("training_checks", []).append(
+                        training_check(model, processor, check_clips(16, seed=2), device, dtype))
                     save(res, out)
                 if "scoring" in only:
                     log(f"== scoring {dtype}")
