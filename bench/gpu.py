@@ -760,6 +760,9 @@ def main(argv=None) -> int:
                 torch.backends.cudnn.allow_tf32 = False
                 model = A.build_random_model(config, device=device, torch_dtype="float32")
                 res["checks"].append(equivalence_check(model, processor, check_clips(16 if s else 48), device, "fp32"))
+                # the same training check in fp32: what is left of the fused layers' difference without bf16 rounding
+                res.setdefault("training_checks", []).append(
+                    training_check(model, processor, check_clips(16, seed=2), device, "fp32"))
                 torch.backends.cudnn.allow_tf32 = True
                 del model
                 free(device)
