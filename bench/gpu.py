@@ -15,14 +15,16 @@ One run prints, side by side, for bf16 and NF4:
   tokenization, transfers, the forward passes); ``gpu`` figures time the forward passes alone, inputs ready;
 * the seed recipe's wall time (128 clips x 3 epochs, LoRA r=16 on q,k,v,o, effective batch 16, lr 2e-4 cosine):
   plain (HF forward with labels, micro-batch 2 x accumulation 8, padded encoder) against the book's
-  :func:`lib.train.train` (micro-batch 16, short encoder, frozen encoder without autograd); end to end from the
-  WAV files, checkpoints included;
+  :func:`lib.train.train` (micro-batch 16, short encoder, frozen encoder without autograd), with
+  :mod:`lib.fast_lora`'s layers and with peft's side by side (``--book-lora-kernels``), in NF4 also under the
+  gradient-checkpointing modes of ``--nf4-checkpointing``; end to end from the WAV files, checkpoints included;
 * the peak GPU memory of each figure, and each figure's ratio to its bound: the larger of the FLOP floor (the
   least arithmetic the task needs, counted from the config and the clips' token counts by
   :mod:`lib.architecture`, over the bf16 matrix-product rate measured in the same run) and the byte floor (the
   weights read once per forward pass, over the copy bandwidth measured in the same run);
 * a check that the short-encoder path gives the padded path's logits within tolerance and the same decisions
-  on every clip, on the 7B in fp32 (TF32 off) and in bf16.
+  on every clip, on the 7B in fp32 (TF32 off) and in bf16; and that one training micro-batch gives peft's loss
+  and LoRA gradients through the fused layers (fp32, bf16, NF4).
 
 Results go to ``$OUT`` (or ``bench/out``): ``bench_gpu.json`` (every number), ``bench_gpu.md`` (the tables),
 ``log.txt``.
