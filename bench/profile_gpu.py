@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -208,6 +209,31 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
     return out
 
 
+def plain_losses(model, processor, paths, device: str) -> dict:
+    """The plain recipe's (``bench.gpu.plain_train``: the seed's Hugging Face loop) loss at every optimizer step,
+    with attention as Hugging Face runs it and with cuDNN's attention kernels off (``lib.model.attention_backends``),
+    to find where its loss turns NaN."""
+    from lib import train as T
+
+    rng = np.random.default_rng(0)
+    labels = list(rng.choice(["speech", "nonspeech"], len(paths)))
+    audios = G.load(paths)
+    out = {}
+    for variant in ("hf", "no-cudnn"):
+        tc = G.recipe(2, 8)
+        peft_model = T.apply_lora(model, tc)
+        t0 = time.perf_counter()
+        with (M.attention_backends(peft_model) if variant == "no-cudnn" else contextlib.nullcontext()):
+            losses = G.plain_train(peft_model, processor, audios, labels, tc, device)
+        nan_at = next((i + 1 for i, x in enumerate(losses) if not np.isfinite(x)), None)
+        out[variant] = {"losses": [round(x, 4) for x in losses], "first_nan_step": nan_at,
+                        "wall_s": round(time.perf_counter() - t0, 1)}
+        print(f"plain {variant}: first NaN at step {nan_at} of {len(losses)}; losses {out[variant]['losses']}", flush=True)
+        model = peft_model.unload()
+        G.free(device)
+    return out
+
+
 def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int, n: int, variants: list[str]) -> dict:
     """First and second pass of ``lib.model.score`` over NEW files (fresh lengths, so fresh batch shapes) per
     variant of the attention backend, after the process has compiled the fused kernels once; plus the GPU side
@@ -276,7 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-runs", default="bf16:none,nf4:none,nf4:layers",
                     help="dtype:gradient_checkpointing[@lora_kernel] of each recipe profiled (in this order; NF4 after bf16; kernel fused unless @peft)")
     ap.add_argument("--variants", default="base,fused_norm,compiled")
-    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold, steps")
+    ap.add_argument("--only", default="cpu,variants", help="comma list of: cpu, variants, score_e2e, train, cold, steps, plain")
     ap.add_argument("--step-variants", default="peft:layers,fused-nocache:layers,fused:layers,peft:layers:24,fused:layers:24,"
                     "fused:layers:20,fused:mlp,peft:none,fused:none",
                     help="kernel:mode of each timed training step, for --only steps (NF4)")
@@ -310,6 +336,11 @@ def main(argv=None) -> int:
             res["first_call_s"] = time.perf_counter() - t0
             res["cold"] = cold_passes(model, processor, Path(tmp), ctx, device, args.batch, args.clips,
                                       args.cold_variants.split(","))
+            (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
+            return 0
+        if "plain" in only:
+            model = A.build_random_model(config, device=device, torch_dtype="bfloat16")
+            res["plain"] = plain_losses(model, processor, paths[:args.train_clips], device)
             (out / "profile_gpu.json").write_text(json.dumps(res, indent=1, default=str))
             return 0
         if "steps" in only:
