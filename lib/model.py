@@ -304,7 +304,9 @@ def attention_backends(model):
     """On CUDA: scaled-dot-product attention without its cuDNN backend within the block (flash or memory-efficient
     kernels instead, same result to rounding). cuDNN builds an execution plan for every new (batch, length) shape,
     forward and backward; training on variable-length micro-batches meets a new shape at nearly every step, and
-    the plans cost the seed recipe about 7 s of its first run on an H100 (bench/NOTES.md). On the CPU: nothing."""
+    the plans cost the seed recipe about 7 s of its first run on an H100 (bench/NOTES.md). On the same GPU the
+    seed's plain Hugging Face loop with cuDNN attention turned its loss NaN once it neared 0, and trained cleanly
+    without it (BENCHMARKS.md, v4g). On the CPU: nothing."""
     if unwrap(model).lm_head.weight.device.type != "cuda":
         yield
         return
