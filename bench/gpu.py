@@ -516,7 +516,6 @@ def plain_train(peft_model, processor, audios, labels, tc, device: str) -> list[
 def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, ctx: dict, epochs_run: int | None = None):
     """Wall time of the recipe from the WAV files to the trained adapter (LoRA set-up, loading, features, steps,
     the book's checkpoints); the LoRA is removed again afterwards (the base weights are untouched)."""
-    from lib import fast_lora as FL
     from lib import train as T
 
     device, ceil = ctx["device"], ctx["ceilings"]
@@ -539,7 +538,6 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
     lora_params = T.parameter_counts(peft_model)["trainable_params"]
     base = peft_model.unload()
     T.set_gradient_checkpointing(base, "none")
-    FL.use_fused_lora(base, "peft")  # the frozen 4-bit layers keep no fused forward into the next run
     bound_flops = tc.epochs * sum(A.clip_train_bound_flops(cfg, len(a), n_text + n_suffix, lora_params) for a in audios)
     wbytes = A.weight_bytes(M.unwrap(base))
     n_micro = tc.epochs * math.ceil(len(audios) / tc.micro_batch_size)
@@ -608,17 +606,15 @@ def training_check(model, processor, clips, device: str, label: str) -> dict:
     answers = ["A", "B"] * (len(clips) // 2) + ["A"] * (len(clips) % 2)
     results = {}
     for variant in ("peft", "fused", "fused+norms"):
-        FL.use_fused_lora(peft_model, variant.split("+")[0])
         peft_model.train()
         torch.manual_seed(0)
-        with M.fused_norms(peft_model, enabled=variant.endswith("norms")):
+        with FL.fused_training(peft_model, variant.split("+")[0], norms=variant.endswith("norms")):
             loss = T.batch_loss(peft_model, processor, clips, answers, tc)
             with M.attention_backends(peft_model):
                 loss.backward()
         results[variant] = (float(loss.detach()), {n: p.grad.detach().float().clone()
                                                     for n, p in peft_model.named_parameters() if p.requires_grad})
         peft_model.zero_grad(set_to_none=True)
-    FL.use_fused_lora(peft_model, "peft")
     peft_model.unload()
     free(device)
     loss0, g0 = results["peft"]

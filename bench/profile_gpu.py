@@ -155,7 +155,8 @@ def train_profiles(model, processor, paths, device: str, train_runs=("bf16:none"
 def step_times(model, processor, paths, device: str, variants: list[str], rounds: int = 3, steps: int = 8) -> dict:
     """One training micro-batch (16 clips of the mix: forward, loss, backward) timed per variant, the variants
     interleaved ``rounds`` times in one process: ``kernel:mode`` with kernel ``fused`` (as ``lib.train.train``
-    runs it: fused LoRA layers and one-kernel norms) | ``fused-nocache`` (block scales decoded per call) | ``peft``, mode a gradient-checkpointing mode. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
+    runs it: fused LoRA layers and one-kernel norms) | ``fused-nocache`` (block scales decoded per call) | ``peft``,
+    mode a gradient-checkpointing mode. Wall per step (synchronised; median of ``steps`` after one warm-up step), the GPU's busy time
     in one step (the sum of its kernels' times, torch.profiler) and the peak memory."""
     import torch
 
@@ -168,43 +169,41 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
     answers = ["A", "B"] * 8
     out: dict = {v: {"rounds": []} for v in variants}
 
-    def one_step(kernel: str):  # as lib.train.train runs it: fused layers come with one-kernel norms
-        with M.fused_norms(peft_model, enabled=kernel != "peft" and device.startswith("cuda")):
-            loss = T.batch_loss(peft_model, processor, audios, answers, tc)
-            with M.attention_backends(peft_model):
-                loss.backward()
+    def one_step():
+        loss = T.batch_loss(peft_model, processor, audios, answers, tc)
+        with M.attention_backends(peft_model):
+            loss.backward()
         peft_model.zero_grad(set_to_none=True)
 
     for r in range(rounds):
         for v in variants:
             kernel, _, mode = v.partition(":")
             T.set_gradient_checkpointing(peft_model, mode)
-            FL.use_fused_lora(peft_model, kernel.removesuffix("-nocache"), cache_absmax=not kernel.endswith("-nocache"))
             peft_model.train()
             G.free(device)
             G.reset_peak(device)
-            kernel = kernel.removesuffix("-nocache")
-            one_step(kernel)  # warm-up
-            times = []
-            for _ in range(steps):
-                G.sync(device)
-                t0 = time.perf_counter()
-                one_step(kernel)
-                G.sync(device)
-                times.append(time.perf_counter() - t0)
-            row = {"median_ms": round(1e3 * float(np.median(times)), 1), "min_ms": round(1e3 * min(times), 1),
-                   "peak_gib": G.peak_gib(device)}
-            if r == 0 and device.startswith("cuda"):
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                    one_step(kernel)
+            # as lib.train.train runs it: fused layers come with one-kernel norms on a GPU
+            with FL.fused_training(peft_model, kernel.removesuffix("-nocache"), cache_absmax=not kernel.endswith("-nocache")):
+                one_step()  # warm-up
+                times = []
+                for _ in range(steps):
                     G.sync(device)
-                row["gpu_busy_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3, 1)
+                    t0 = time.perf_counter()
+                    one_step()
+                    G.sync(device)
+                    times.append(time.perf_counter() - t0)
+                row = {"median_ms": round(1e3 * float(np.median(times)), 1), "min_ms": round(1e3 * min(times), 1),
+                       "peak_gib": G.peak_gib(device)}
+                if r == 0 and device.startswith("cuda"):
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                        one_step()
+                        G.sync(device)
+                    row["gpu_busy_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3, 1)
             out[v]["rounds"].append(row)
             print(f"step {v:28s} round {r}: median {row['median_ms']:7.1f} ms, min {row['min_ms']:7.1f} ms"
                   f"{', gpu busy ' + str(row['gpu_busy_ms']) + ' ms' if 'gpu_busy_ms' in row else ''}, peak {row['peak_gib']} GiB",
                   flush=True)
     T.set_gradient_checkpointing(peft_model, "none")
-    FL.use_fused_lora(peft_model, "peft")
     peft_model.unload()
     return out
 

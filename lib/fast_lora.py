@@ -29,8 +29,12 @@ decoded once instead of on every call and no float32 copy of each projection's i
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import types
 from typing import Any
+
+from . import model as M
 
 LORA_KERNELS = ("fused", "peft")
 
@@ -69,7 +73,8 @@ def _dense_weight(layer, dtype):
     """The base layer's weight as a dense matrix in ``dtype``: 4-bit weights are dequantized (a new tensor each
     call, never kept), others are returned as they are."""
     if _is_4bit(layer):
-        torch = _torch()
+        import torch
+
         qs = layer.weight.quant_state
         return torch.ops.bitsandbytes.dequantize_4bit.default(layer.weight.data, _float_absmax(layer), qs.blocksize,
                                                               qs.quant_type, qs.shape, dtype)
@@ -90,26 +95,11 @@ def _bias(layer, dtype):
     return bias if bias is None or bias.dtype == dtype else bias.to(dtype)
 
 
-def _torch():
+@functools.cache
+def _functions() -> dict[str, Any]:
+    """The autograd functions, built on first use so that importing this module does not import torch."""
     import torch
 
-    return torch
-
-
-class _Functions:
-    """The autograd functions, built on first use so that importing this module does not import torch."""
-
-    _made: dict[str, Any] = {}
-
-    @classmethod
-    def get(cls, name: str):
-        if not cls._made:
-            cls._made.update(_make_functions())
-        return cls._made[name]
-
-
-def _make_functions() -> dict[str, Any]:
-    torch = _torch()
     F = torch.nn.functional
 
     class LoRAProjection(torch.autograd.Function):
@@ -180,11 +170,12 @@ def _make_functions() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- the forwards
-def _plain_case(layer, x, args, kwargs) -> str | None:
+def _plain_case(layer, args, kwargs) -> str | None:
     """The adapter name when ``layer`` may take the fused path for this call, else None. Training mode decides,
     not autograd, so that a training forward does the same arithmetic with or without autograd (torch's
     reentrant checkpointing runs its first forward without, then recomputes with it)."""
-    torch = _torch()
+    import torch
+
     if args or kwargs or not layer.training or layer.disable_adapters or layer.merged:
         return None
     if torch.is_autocast_enabled():
@@ -201,22 +192,22 @@ def _plain_case(layer, x, args, kwargs) -> str | None:
 
 
 def _fused_lora_forward(self, x, *args, **kwargs):
-    name = _plain_case(self, x, args, kwargs)
+    import torch
+
+    name = _plain_case(self, args, kwargs)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    torch = _torch()
     dropout = self.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    return _Functions.get("lora").apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
+    return _functions()["lora"].apply(x, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
                                         float(self.scaling[name]), p, _is_4bit(self.base_layer))
 
 
 def _fused_frozen4bit_forward(self, x, *args, **kwargs):
-    torch = _torch()
-    if args or kwargs or not self.training or self.weight.requires_grad \
-            or getattr(self.weight, "quant_state", None) is None or (self.bias is not None and self.bias.requires_grad):
+    if args or kwargs or not self.training or self.weight.requires_grad or not _is_4bit(self) \
+            or (self.bias is not None and self.bias.requires_grad):
         return type(self).forward(self, x, *args, **kwargs)
-    return _Functions.get("frozen4bit").apply(x, self)
+    return _functions()["frozen4bit"].apply(x, self)
 
 
 def use_fused_lora(model, kernel: str = "fused", cache_absmax: bool = True) -> int:
@@ -257,12 +248,26 @@ def use_fused_lora(model, kernel: str = "fused", cache_absmax: bool = True) -> i
             delattr(module, ABSMAX_CACHE)
         if kernel == "fused":
             module.forward = types.MethodType(fn, module)  # a bound method: deepcopy rebinds it to the copy
-            if cache_absmax and fn is _fused_frozen4bit_forward and getattr(module.weight, "quant_state", None) is not None:
+            if cache_absmax and fn is _fused_frozen4bit_forward and _is_4bit(module):
                 setattr(module, ABSMAX_CACHE, _float_absmax(module))
             count += 1
         elif "forward" in vars(module):
             del module.forward
     return count
+
+
+@contextlib.contextmanager
+def fused_training(model, kernel: str = "fused", norms: bool | None = None, cache_absmax: bool = True):
+    """Within the block ``model`` trains with ``kernel``'s layers: for ``fused``, :func:`use_fused_lora` and
+    one-kernel RMSNorm (:func:`lib.model.fused_norms`; ``norms=None``: on a GPU only). On exit it is as peft made
+    it again (peft's forward, no cached block scales, HF's norms)."""
+    kernel = lora_kernel(kernel)
+    use_fused_lora(model, kernel, cache_absmax=cache_absmax)
+    try:
+        with M.fused_norms(model, enabled=norms) if kernel == "fused" else contextlib.nullcontext():
+            yield model
+    finally:
+        use_fused_lora(model, "peft")
 
 
 def fused_layers(model) -> int:

@@ -929,10 +929,8 @@ def fused_norms(model, enabled: bool | None = None):
     and backward (HF's runs seven kernels each way and keeps a float32 copy of its input for backward). Used by
     :func:`lib.train.train`; ``enabled=None``: on a GPU only (on the CPU ``F.rms_norm`` is the same sequence of
     operations). Results change only by rounding, as with :func:`fused_kernels`."""
-    import torch
-
     if enabled is None:
-        enabled = any(p.is_cuda for p in unwrap(model).model.language_model.norm.parameters()) and torch.cuda.is_available()
+        enabled = unwrap(model).lm_head.weight.device.type == "cuda"
     swapped = []
     if enabled:
         norm_cls, fused_norm, _, _ = _fused_classes()
@@ -961,26 +959,24 @@ def fused_kernels(model, compile: bool = True):
     """
     import transformers.models.qwen2.modeling_qwen2 as q2
 
-    norm_cls, fused_norm, mlp_cls, fused_mlp = _fused_classes()
+    _, _, mlp_cls, fused_mlp = _fused_classes()
     eager = _FUSED["silu_mul_eager"]
     _FUSED["silu_mul"] = _compiled("silu_mul", eager) if compile else eager
     swapped = []
     for module in unwrap(model).model.language_model.modules():
-        if type(module) is norm_cls:
-            module.__class__ = fused_norm
-            swapped.append((module, norm_cls))
-        elif type(module) is mlp_cls and getattr(module.config, "hidden_act", None) == "silu":
+        if type(module) is mlp_cls and getattr(module.config, "hidden_act", None) == "silu":
             module.__class__ = fused_mlp
-            swapped.append((module, mlp_cls))
+            swapped.append(module)
     rotary = q2.apply_rotary_pos_emb
     if compile:
         q2.apply_rotary_pos_emb = _compiled("apply_rotary_pos_emb", rotary)
     try:
-        yield model
+        with fused_norms(model, enabled=True):
+            yield model
     finally:
         q2.apply_rotary_pos_emb = rotary
-        for module, cls in swapped:
-            module.__class__ = cls
+        for module in swapped:
+            module.__class__ = mlp_cls
 
 
 def softmax2(logits: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -465,11 +464,8 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
     total_steps = steps_per_epoch * tc.epochs
 
     set_gradient_checkpointing(model, tc.gradient_checkpointing)
-    FL.use_fused_lora(model, tc.lora_kernel)  # the same arithmetic as peft's layers, with far less Python per call
-    kernels = contextlib.ExitStack()
-    if tc.lora_kernel == "fused":
-        kernels.enter_context(M.fused_norms(model))  # on a GPU: one kernel per RMSNorm, forward and backward
-    try:
+    # the fused layers: peft's arithmetic with far less Python per call; the model leaves as peft made it
+    with FL.fused_training(model, tc.lora_kernel):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters: wrap it with apply_lora first")
@@ -553,9 +549,6 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
                 if epoch_done:
                     break
         bar.close()
-    finally:  # the model leaves as peft made it (scoring runs peft's forward; no cached block scales)
-        FL.use_fused_lora(model, "peft")
-        kernels.close()
     model.eval()
     history = pd.DataFrame(state["history"], columns=["step", "epoch", "loss", "lr"])
     dev = pd.DataFrame(state["dev"], columns=["epoch", "step", "dev_accuracy", "dev_balanced_accuracy", "dev_loss"])
