@@ -8,9 +8,8 @@ the real one, so the book's own scoring and training code runs on it unchanged (
 * :func:`config_7b` -- the public config (audio encoder d_model 1280, 32 layers, 20 heads, ffn 5120, 128 mel
   bins, 1500 source positions; Qwen2 text model hidden 4096, intermediate 11008, 32 layers, 32 heads, 32 kv
   heads, vocabulary 156032, 8192 positions, rope_theta 10000, rms eps 1e-5; audio token 151646).
-* :func:`processor_7b` -- the book's tiny byte-level BPE tokenizer (built offline by :mod:`lib.model`) with the
-  special tokens moved to Qwen's ids (``<|AUDIO|>`` = 151646 ...), Whisper-large-v3 features (128 mel bins),
-  and the Instruct chat template. Its prompt tokenizes to 50 tokens, about what the real tokenizer gives.
+* :func:`processor_7b` -- the real Qwen2-Audio tokenizer and Instruct template (:mod:`lib.tokenizer`) with
+  Whisper-large-v3 features (128 mel bins): the book's prompt is 54 tokens, as for the released model.
 * :func:`parameter_counts` -- counted on the meta device (no memory): 8.40 B in all, audio encoder 0.64 B,
   language model 7.12 B (embeddings included), head 0.64 B.
 * :func:`build_random_model` -- the model on a device with random weights (HF's init scheme: N(0, 0.02), norms
@@ -67,24 +66,12 @@ def small_config(audio: dict | None = None, text: dict | None = None):
 
 
 def processor_7b():
-    """An offline processor with Qwen's special-token ids (``<|AUDIO|>`` = 151646) and the real feature settings."""
-    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    """The real Qwen2-Audio processor, offline: the Qwen BPE with Qwen2-Audio's special tokens and the Instruct
+    template (:mod:`lib.tokenizer`, proven against the released processor's ids), Whisper-large-v3 features
+    (128 mel bins)."""
+    from . import tokenizer as T
 
-    tiny = M._train_tokenizer()
-    backend = json.loads(tiny.backend_tokenizer.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in backend["merges"]]
-    vocab = {tok: QWEN_SPECIAL_IDS.get(tok, i) for tok, i in backend["vocab"].items()}
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=M.SPECIAL_TOKENS[1:],
-                               errors="replace")
-    for tok, i in QWEN_SPECIAL_IDS.items():
-        if tokenizer.convert_tokens_to_ids(tok) != i:
-            raise RuntimeError(f"tokenizer maps {tok} to {tokenizer.convert_tokens_to_ids(tok)}, not {i}")
-    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=M.SAMPLE_RATE, hop_length=160, chunk_length=30,
-                                 n_fft=400, padding_value=0.0, return_attention_mask=True)
-    processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)
-    processor.tokenizer.padding_side = "left"
-    return processor
+    return T.qwen2audio_processor(T.whisper_feature_extractor(128))
 
 
 # ------------------------------------------------------------------------------------------ parameter counts

@@ -181,8 +181,11 @@ def ensure_bank(cfg: Mapping[str, Any], bank_manifest: str | Path | None = None)
 
 
 def smoke_label(cfg: Mapping[str, Any]) -> str:
-    """The prefix every model result of the tiny model carries."""
-    return "SMOKE (tiny model, not a real result): " if cfg.get("smoke") else ""
+    """The prefix every Qwen2-Audio result of a run carries: which model it comes from (the tiny model's are SMOKE
+    results, the mini model's are the mini model's, never the 7B's)."""
+    from .model import model_label
+
+    return f"{model_label(str(cfg['model_name_or_path']))}: "
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ def ensemble_predictions(predictions: pd.DataFrame, system: str, variant: str | 
     share = (wide_pred == "speech").mean(axis=1).to_numpy()
     vote = np.where(share > 0.5, "speech", np.where(share < 0.5, "nonspeech", np.where(mean_p >= 0.5, "speech", "nonspeech")))
     var = variant if variant is not None else ",".join(sorted(rows["variant"].unique()))
-    common = dict(run_id=run_id, clip_ids=wide_p.index.tolist(), labels=labels.tolist(), seed=None)
+    models = sorted({str(m) for m in rows.get("model", pd.Series(dtype=str)).fillna("") if str(m)})
+    common = dict(run_id=run_id, clip_ids=wide_p.index.tolist(), labels=labels.tolist(), seed=None,
+                  model=" | ".join(models))
     vote_df = predictions_frame(system=f"{system}+vote", variant=f"{var} seeds={len(seeds)}", p_speech=share, pred=vote, **common)
     mean_df = predictions_frame(system=f"{system}+mean", variant=f"{var} seeds={len(seeds)}", p_speech=mean_p, **common)
     return pd.concat([vote_df, mean_df], ignore_index=True)[PREDICTION_COLUMNS]

@@ -67,7 +67,8 @@ def score_split(scorer: Any, bank: pd.DataFrame, manifest: str | Path, cfg: Mapp
     audios = data.load_clips(rows, manifest, normalization=cfg["normalization"])
     p = np.asarray(scorer.score(audios), dtype=float)
     return results.predictions_frame(run_id=cfg["run_id"], system=system, variant=variant, seed=seed,
-                                     clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p)
+                                     clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p,
+                                     model=getattr(scorer, "model_label", ""))
 
 
 def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot: bool = True) -> pd.DataFrame:

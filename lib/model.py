@@ -71,12 +71,11 @@ TINY_WIDTH = 64
 TINY_AUDIO = {"d_model": TINY_WIDTH, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 2 * TINY_WIDTH}
 TINY_TEXT = {"hidden_size": TINY_WIDTH, "intermediate_size": 2 * TINY_WIDTH, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048}
-TINY_VOCAB = 600
 # Unit-gain random init (std = width ** -0.5) instead of the 7B's 0.02: at this width the latter shrinks every
 # signal through each layer, and a random tiny model so initialised does not learn in the cpu profile's budget
 # (measured: dev accuracy stays at 0.5).
 TINY_INIT_STD = TINY_WIDTH ** -0.5
-TINY_VERSION = 3  # bump when the tiny model's recipe changes: an older build is rebuilt on first use
+TINY_VERSION = 4  # bump when the tiny model's recipe changes: an older build is rebuilt on first use
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -92,47 +91,6 @@ def tiny_model_dir() -> Path:
     return PROJECT_ROOT / "checkpoints" / "tiny-qwen2-audio"
 
 
-def _tokenizer_corpus() -> list[str]:
-    """A small text made here: the chat template's words, the book's prompts, plain English."""
-    lines = [
-        "You are a helpful assistant.", "system", "user", "assistant", "Audio 1:", "Audio 2:",
-        DEFAULT_PROMPT,
-        "Is there human speech in this clip? A) SPEECH B) NONSPEECH. Reply with one letter: A or B.",
-        "Listen to the audio. Does it contain speech (A) or no speech (B)? Answer A or B.",
-        "Classify the sound: A for SPEECH, B for NONSPEECH.",
-        "The answer is A. The answer is B.", "speech nonspeech noise music silence voice talking sound",
-        "a dog barks, rain falls, a person speaks, someone laughs, coughs, sneezes or breathes.",
-        "Human non-speech vocal sounds such as laughing, coughing and crying are NONSPEECH.",
-        "0 1 2 3 4 5 6 7 8 9 10 20 50 100 200 500 1000 ms dB SNR",
-        "the of and to in is that it for on with as was at by this be from or an are",
-    ]
-    return lines * 4 + [" ".join(chr(c) for c in range(ord("A"), ord("Z") + 1)),
-                        " ".join(chr(c) for c in range(ord("a"), ord("z") + 1))]
-
-
-def _train_tokenizer(vocab_size: int = TINY_VOCAB):
-    """A byte-level BPE trained with `tokenizers`, wrapped as Qwen2's own tokenizer class."""
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import BPE
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
-
-    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                        byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_tokenizer_corpus(), trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return Qwen2Tokenizer(vocab=model["vocab"], merges=merges, additional_special_tokens=SPECIAL_TOKENS[1:],
-                          errors="replace")
-
-
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, init_std: float = TINY_INIT_STD,
                      audio: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> Path:
     """Build, seed and save the tiny Qwen2-Audio (model, processor, generation config) in ``out_dir``.
@@ -140,18 +98,14 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, in
     The folder is written atomically: a crash leaves either no folder or the complete one.
     """
     import torch
-    from transformers import (GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
-                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+    from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from . import io
+    from . import io, tokenizer as T
 
     out_dir = Path(out_dir) if out_dir else tiny_model_dir()
-    tokenizer = _train_tokenizer()
+    processor = T.qwen2audio_processor(T.whisper_feature_extractor(128))  # the real tokenizer and Instruct template
+    tokenizer = processor.tokenizer
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    # Same settings as the real model's preprocessor_config.json (Whisper-large-v3 style, 128 mel bins).
-    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
-                                 n_fft=400, padding_value=0.0, return_attention_mask=True)
-    processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer)  # the Instruct chat template
     config = Qwen2AudioConfig(
         audio_config={**QWEN2_AUDIO_7B_CONFIG["audio_config"], **TINY_AUDIO, **(audio or {}), "initializer_range": init_std},
         text_config={**QWEN2_AUDIO_7B_CONFIG["text_config"], **TINY_TEXT, **(text or {}), "vocab_size": len(tokenizer),
@@ -188,11 +142,30 @@ def ensure_tiny_model() -> Path:
     return path
 
 
+def model_label(model_name_or_path: str) -> str:
+    """What a base model is, in words: every table, figure, metrics file and predictions file names it, so a
+    number of the tiny or mini model is never read as one of Qwen2-Audio-7B."""
+    from . import mini_model
+
+    if model_name_or_path == TINY:
+        return "tiny model: random-weight Qwen2-Audio (width 64), SMOKE result, not Qwen2-Audio-7B"
+    if model_name_or_path in mini_model.MINI_MODELS:
+        return mini_model.label(model_name_or_path)
+    path = Path(str(model_name_or_path)).expanduser()
+    if (path / BUILD_INFO).exists():  # a model lib built (e.g. the random-weight 7B architecture of the GPU runs)
+        return str(json.loads((path / BUILD_INFO).read_text()).get("what", path.name))
+    return f"{path.name if path.exists() else model_name_or_path}"
+
+
 # --------------------------------------------------------------------------------------------------- loading
 def resolve_model_path(model_name_or_path: str) -> str:
-    """``tiny`` -> the locally built tiny model; a folder -> itself; else a hub id (found in the HF cache)."""
+    """``tiny`` / ``mini`` / ``mini-base`` -> the locally built model; a folder -> itself; else a hub id (HF cache)."""
+    from . import mini_model
+
     if model_name_or_path == TINY:
         return str(ensure_tiny_model())
+    if model_name_or_path in mini_model.MINI_MODELS:
+        return str(mini_model.ensure_mini_model(model_name_or_path))
     path = Path(model_name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -273,6 +246,10 @@ def load_model(model_name_or_path: str = TINY, quantization: str = "none", torch
     answer_token_ids(processor.tokenizer)  # fail early if A/B are not single tokens
     if short_encoder:
         enable_short_encoder(model)
+    from . import mini_model
+
+    if model_name_or_path in mini_model.MINI_MODELS:  # its pretrained encoder is never trained: cache its outputs
+        model.speechbook_encoder_cache = EncoderCache(encoder_cache_folder(path))
     model.speechbook_source = {"model_name_or_path": model_name_or_path, "path": path, "quantization": quantization,
                                "torch_dtype": str(dtype).replace("torch.", "")}
     return model, processor
@@ -484,7 +461,6 @@ def n_audio_tokens(n_samples: int, hop: int = 160) -> int:
 def _audio_features(base, input_features, feature_attention_mask):
     """Projected audio features of the real (unpadded) audio positions, flattened like the HF merge."""
     import torch
-    from transformers.masking_utils import create_bidirectional_mask
 
     inner = base.model
     tower = inner.audio_tower
@@ -492,19 +468,124 @@ def _audio_features(base, input_features, feature_attention_mask):
     input_features = input_features.to(device)
     feature_attention_mask = feature_attention_mask.to(device)
     feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
-    batch, _, n_frames = input_features.shape
-    n_positions = (n_frames - 2) // 2 + 1
-    mask_2d = (torch.arange(n_positions, device=device)[None, :] < feat_lengths[:, None]).long()
-    dummy = torch.zeros((batch, n_positions, 1), dtype=inner.multi_modal_projector.linear.weight.dtype, device=device)
-    attn = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
-    if any(p.requires_grad for p in tower.parameters()):
-        hidden = tower(input_features, attention_mask=attn).last_hidden_state
+    cache: EncoderCache | None = getattr(base, "speechbook_encoder_cache", None)
+    if torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters()):
+        hidden = _encode(tower, input_features, feat_lengths)
+    elif cache is not None and type(tower).__name__ in ("Qwen2AudioEncoder", "ShortAudioEncoder"):
+        hidden = cache.encode(tower, input_features, feature_attention_mask.sum(-1), feat_lengths, out_lengths)
     else:  # a frozen encoder keeps no activations for backward
         with torch.no_grad():
-            hidden = tower(input_features, attention_mask=attn).last_hidden_state
-    feats = inner.multi_modal_projector(hidden)
+            hidden = _encode(tower, input_features, feat_lengths)
+    feats = inner.multi_modal_projector(hidden.to(inner.multi_modal_projector.linear.weight.dtype))
     keep = torch.arange(feats.shape[1], device=device)[None, :] < out_lengths[:, None]
     return feats[keep]
+
+
+def _encode(tower, input_features, feat_lengths):
+    """The audio tower on a padded batch, attention masked to each clip's own positions."""
+    import torch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    batch, _, n_frames = input_features.shape
+    n_positions = (n_frames - 2) // 2 + 1
+    device = input_features.device
+    mask_2d = (torch.arange(n_positions, device=device)[None, :] < feat_lengths[:, None]).long()
+    dummy = torch.zeros((batch, n_positions, 1), dtype=tower.conv1.weight.dtype, device=device)
+    attn = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=mask_2d)
+    return tower(input_features, attention_mask=attn).last_hidden_state
+
+
+class EncoderCache:
+    """Outputs of a FROZEN audio encoder per clip, in memory and (with ``folder``) on disk.
+
+    The mini model's Whisper encoder is pretrained and never trained in the book, yet it costs over 90% of a
+    scoring pass on the CPU; every chapter, seed and prompt would recompute the same outputs. Each clip's output is
+    keyed by the sha1 of its own mel features (its valid frames: the same clip gives the same key in any batch),
+    so a cached output is exactly what that clip's features give, whatever bank, split or normalization it came
+    from. Only used when the tower has no trainable parameters and is the model's own (not a trained copy), and
+    the folder is named by the tower's weights, so outputs of other weights are never mixed in. Outputs computed in
+    a batch of other lengths may differ from a lone clip's in the last float bits, as any batched computation does.
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None, max_in_memory: int = 100_000):
+        self.folder = Path(folder) if folder else None
+        self.max_in_memory = max_in_memory
+        self.memory: dict[str, np.ndarray] = {}
+        self.hits = self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        assert self.folder is not None
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        if key in self.memory:
+            return self.memory[key]
+        if self.folder is not None:
+            path = self._path(key)
+            try:
+                arr = np.load(path)
+            except (OSError, ValueError):  # absent, or a damaged file: recompute (and rewrite) it
+                return None
+            self._remember(key, arr)
+            return arr
+        return None
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self._remember(key, arr)
+        if self.folder is not None:
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.speechbook-tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, path)
+
+    def _remember(self, key: str, arr: np.ndarray) -> None:
+        if len(self.memory) >= self.max_in_memory:
+            self.memory.clear()
+        self.memory[key] = arr
+
+    def encode(self, tower, input_features, frames, feat_lengths, out_lengths):
+        """(batch, positions, d) encoder outputs; cached rows are read, the others computed together and stored."""
+        import hashlib
+
+        import torch
+
+        feats_np = input_features.detach().to("cpu", torch.float32).numpy()
+        frames_np = frames.cpu().numpy()
+        keys = [hashlib.sha1(np.ascontiguousarray(feats_np[i, :, : int(frames_np[i])]).tobytes()).hexdigest()
+                for i in range(len(feats_np))]
+        rows = [self.get(k) for k in keys]
+        missing = [i for i, r in enumerate(rows) if r is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            idx = torch.as_tensor(missing, device=input_features.device)
+            with torch.no_grad():
+                out = _encode(tower, input_features[idx], feat_lengths[idx]).float().cpu().numpy()
+            for j, i in enumerate(missing):
+                rows[i] = out[j, : int(out_lengths[i])].copy()
+                self.put(keys[i], rows[i])
+        n_positions = (input_features.shape[-1] - 2) // 2 + 1
+        n_out = (n_positions - 2) // 2 + 1
+        hidden = np.zeros((len(rows), n_out, rows[0].shape[-1]), dtype=np.float32)
+        for i, r in enumerate(rows):
+            hidden[i, : len(r)] = r
+        return torch.from_numpy(hidden).to(input_features.device)
+
+
+def encoder_cache_folder(path: str | os.PathLike) -> Path | None:
+    """Where a locally built model with a pretrained encoder keeps its encoder cache: ``checkpoints/encoder_cache/``,
+    in a folder named by the encoder's source files (their sha256), so a rebuilt language model keeps the cache
+    and another encoder never reads it."""
+    import hashlib
+
+    info = Path(path) / BUILD_INFO
+    encoder = json.loads(info.read_text()).get("encoder") if info.exists() else None
+    if not encoder:
+        return None
+    tag = hashlib.sha256(json.dumps(encoder, sort_keys=True).encode()).hexdigest()[:16]
+    return PROJECT_ROOT / "checkpoints" / "encoder_cache" / tag
 
 
 def hidden_states(model, inputs, prefix: "SharedPrefix | None" = None) -> "Any":
@@ -735,7 +816,9 @@ def cpu_threads_for(model):
         yield
         return
     base = unwrap(model)
-    small = sum(p.numel() for p in base.parameters()) < SMALL_MODEL_PARAMS
+    # the vocabulary-sized embedding and head are looked up / read two rows at a time: they do not count as work
+    vocab_sized = {id(p) for p in (*base.get_input_embeddings().parameters(), *base.lm_head.parameters())}
+    small = sum(p.numel() for p in base.parameters() if id(p) not in vocab_sized) < SMALL_MODEL_PARAMS
     on_cpu = next(base.parameters()).device.type == "cpu"
     if not (small and on_cpu):
         yield
@@ -843,6 +926,27 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
         stack.close()
         model.train(was_training)
     return Scores(p_speech=softmax2(logits), logits=logits)
+
+
+@with_cpu_threads
+def encoder_outputs(model, processor, audios: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """The audio tower's outputs per clip, (audio tokens, d_model) each, before the projector: what the language
+    model is given about the clip. Through the model's :class:`EncoderCache` when it has one."""
+    import torch
+
+    out: list[np.ndarray] = [np.zeros(0)] * len(audios)
+    base = unwrap(model)
+    tower = base.model.audio_tower
+    cache = getattr(base, "speechbook_encoder_cache", None) or EncoderCache()
+    for idx in length_buckets([len(a) for a in audios], batch_size):
+        inputs = make_inputs(processor, [audios[i] for i in idx], short_encoder=uses_short_encoder(model))
+        frames = inputs["feature_attention_mask"].sum(-1)
+        feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(frames)
+        with torch.no_grad():
+            hidden = cache.encode(tower, inputs["input_features"], frames, feat_lengths, out_lengths)
+        for j, i in enumerate(idx):
+            out[i] = hidden[j, : int(out_lengths[j])].numpy()
+    return out
 
 
 class ClipFiles(Sequence):
@@ -1036,6 +1140,7 @@ class LoraScorer:
         self.name, self.model, self.processor = name, model, processor
         self.prompt, self.batch_size, self.progress = prompt, batch_size, progress
         self.normalization = normalization  # the level normalization its clips were trained under
+        self.model_label = model_label(getattr(model, "speechbook_source", {}).get("model_name_or_path", ""))
 
     def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         return score(self.model, self.processor, audios, self.prompt, batch_size=self.batch_size,

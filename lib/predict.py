@@ -93,7 +93,7 @@ def predict_manifest(
     preds = predictions_frame(
         run_id=f"predict-{_dt.datetime.now():%Y%m%d-%H%M%S}", system=scorer.name, variant=f"normalization={mode}",
         clip_ids=df["clip_id"].tolist(), labels=df["label"].tolist(), p_speech=scores,
-        threshold=float(getattr(scorer, "threshold", 0.5)),
+        threshold=float(getattr(scorer, "threshold", 0.5)), model=getattr(scorer, "model_label", ""),
     )
     preds["path"] = df["path"].values
     return io.write_csv(out, preds)

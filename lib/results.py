@@ -17,7 +17,9 @@ from . import io
 from .config import PROJECT_ROOT
 
 LABELS = ("speech", "nonspeech")
-PREDICTION_COLUMNS = ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech"]
+# ``model``: for a system built on a Qwen2-Audio, which one (lib.model.model_label: the 7B, the mini or the tiny
+# model), so no number of a small model is read as one of Qwen2-Audio-7B; empty for the baselines.
+PREDICTION_COLUMNS = ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech", "model"]
 SYSTEM_KEY = ["system", "variant", "seed"]
 
 
@@ -46,6 +48,7 @@ def predictions_frame(
     seed: int | None = None,
     threshold: float = 0.5,
     pred: Sequence[str] | None = None,
+    model: str = "",
 ) -> pd.DataFrame:
     """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``."""
     p = np.asarray(p_speech, dtype=float)
@@ -68,6 +71,7 @@ def predictions_frame(
             "label": list(labels),
             "pred": list(pred),
             "p_speech": p,
+            "model": model,
         }
     )[PREDICTION_COLUMNS]
 
@@ -78,6 +82,8 @@ def read_predictions(run_dir: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
     df = pd.read_csv(path, dtype={"clip_id": str, "variant": str, "system": str, "run_id": str}, keep_default_na=False)
     df["p_speech"] = df["p_speech"].astype(float)
+    if "model" not in df.columns:  # written before predictions named their model
+        df["model"] = ""
     return df
 
 
@@ -91,6 +97,7 @@ def write_predictions(run_dir: str | Path, df: pd.DataFrame) -> Path:
         keys = set(map(tuple, df[SYSTEM_KEY].astype(str).drop_duplicates().values))
         keep = ~old[SYSTEM_KEY].astype(str).apply(tuple, axis=1).isin(keys)
         df = pd.concat([old[keep], df[PREDICTION_COLUMNS]], ignore_index=True)
+    df = df.assign(model=df["model"].fillna(""))
     return io.write_csv(Path(run_dir) / "predictions.csv", df[PREDICTION_COLUMNS])
 
 

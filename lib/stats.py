@@ -419,6 +419,11 @@ def metrics_json(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | No
     """
     table = metrics_table(predictions, bank, level, n_boot, seed) if table is None else table
     smoke_systems = None if smoke is None or isinstance(smoke, bool) else {str(s) for s in smoke}
+    models: dict[tuple, str] = {}
+    if "model" in predictions.columns:
+        named = predictions[predictions["model"].fillna("").astype(str) != ""]
+        for key, part in named.groupby(SYSTEM_KEY, sort=False):
+            models[tuple(map(str, key))] = str(part["model"].iloc[0])
     systems = []
     for _, r in table.iterrows():
         entry: dict[str, Any] = {k: _json_safe(r[k]) for k in SYSTEM_KEY + ["run_id", "n", "n_speech", "n_nonspeech", "n_groups", "boot_unit"]}
@@ -431,6 +436,9 @@ def metrics_json(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | No
             }
         entry["auc"] = {"estimate": _json_safe(r["auc"]), "bootstrap": [_json_safe(r["auc_boot_lo"]), _json_safe(r["auc_boot_hi"])]}
         entry["brier"] = _json_safe(r["brier"])
+        model = models.get((str(r["system"]), str(r["variant"]), str(r["seed"])))
+        if model:
+            entry["model"] = model  # which Qwen2-Audio the numbers come from (the 7B, the mini or the tiny model)
         if smoke_systems is not None:
             entry["smoke"] = str(r["system"]) in smoke_systems or entry["name"] in smoke_systems
         systems.append(entry)

@@ -32,6 +32,7 @@ LOADERS: dict[str, str] = {
     "lora": "lib.model:load_scorer",
     "energy": "lib.baselines:load_fitted",
     "logmel": "lib.baselines:load_fitted",
+    "whisper_probe": "lib.probe:load_probe",
 }
 BUILTIN: dict[str, str] = {
     "silero": "lib.baselines:SileroVAD",
