@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from . import io
-from .config import PROJECT_ROOT
+from .config import PROJECT_ROOT, check_name
 
 LABELS = ("speech", "nonspeech")
 PREDICTION_COLUMNS = ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech"]
@@ -32,7 +32,9 @@ def make_run_id(prefix: str = "") -> str:
 
 
 def run_dir_for(profile: str, run_id: str, root: str | Path | None = None) -> Path:
-    return results_root(root) / profile / run_id
+    """``<results root>/<profile>/<run_id>``; both names are checked to be plain folder names, so that a run
+    never writes outside its own folder (``--run-id ../x``, ``/abs``, ``.`` are refused)."""
+    return results_root(root) / check_name(profile, "profile") / check_name(run_id, "run id")
 
 
 def predictions_frame(
