@@ -300,7 +300,10 @@ def run_lock(run_dir: str | Path):
     """The run folder's lock (``filelock``: an OS lock on ``.speechbook.lock``, dropped when its process dies)."""
     from filelock import FileLock
 
-    return FileLock(str(Path(run_dir) / LOCK_NAME), preserve_lock_file=True)
+    try:  # filelock 4 may delete the file on release: keep it, so that two openers always lock the same file
+        return FileLock(str(Path(run_dir) / LOCK_NAME), preserve_lock_file=True)
+    except TypeError:  # filelock 3 never deletes it
+        return FileLock(str(Path(run_dir) / LOCK_NAME))
 
 
 def is_locked(run_dir: str | Path) -> bool:

@@ -48,14 +48,19 @@ def predictions_frame(
     seed: int | None = None,
     threshold: float = 0.5,
     pred: Sequence[str] | None = None,
+    allow_unlabelled: bool = False,
 ) -> pd.DataFrame:
-    """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``."""
+    """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``.
+
+    ``allow_unlabelled``: an empty label means "unknown" (``python -m lib predict`` on unlabelled clips).
+    """
     p = np.asarray(p_speech, dtype=float)
     if len(p) != len(clip_ids) or len(labels) != len(clip_ids):
         raise ValueError(f"clip_ids ({len(clip_ids)}), labels ({len(labels)}) and p_speech ({len(p)}) differ in length")
-    if np.isnan(p).any():
-        raise ValueError(f"system {system!r}: p_speech has {int(np.isnan(p).sum())} NaN values")
-    bad = sorted(set(labels) - set(LABELS))
+    if not np.isfinite(p).all():
+        bad_ids = [clip_ids[i] for i in np.flatnonzero(~np.isfinite(p))[:5]]
+        raise ValueError(f"system {system!r}: p_speech has {int((~np.isfinite(p)).sum())} NaN values (clips {bad_ids})")
+    bad = sorted(set(labels) - set(LABELS) - ({""} if allow_unlabelled else set()))
     if bad:
         raise ValueError(f"unknown labels {bad}; labels must be one of {LABELS}")
     if pred is None:

@@ -172,8 +172,8 @@ def _user_manifest(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("bad,expect", [
-    (np.zeros(1600, np.float32), r"row 3: clip .*b\.wav is all-silent.*normalization='none'"),
-    (_with(np.inf), r"row 3: audio file .*b\.wav has 1 NaN or infinite"),
+    (np.zeros(1600, np.float32), r"line 3: clip .*b\.wav is all-silent.*normalization='none'"),
+    (_with(np.inf), r"line 3: audio file .*b\.wav has 1 NaN or infinite"),
 ])
 def test_predict_names_the_row_of_an_unusable_clip_and_keeps_the_old_output(tmp_path, bad, expect):
     manifest, root = _user_manifest(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "b.wav", "label": "nonspeech"}])
@@ -193,7 +193,7 @@ def test_predict_lists_missing_files_by_row_before_loading_a_system(tmp_path, mo
     manifest, root = _user_manifest(tmp_path, [{"path": f"{c}.wav", "label": "speech"} for c in "abc"])
     _write(root / "b.wav", _tone())
     monkeypatch.setattr(systems, "load_system", lambda *a, **k: pytest.fail("a system was loaded for a broken manifest"))
-    with pytest.raises(FileNotFoundError, match=r"2 audio file\(s\) not found .*row 2 \('a\.wav'\), row 4 \('c\.wav'\); fix the paths"):
+    with pytest.raises(FileNotFoundError, match=r"2 audio file\(s\) not usable .*line 2 \('a\.wav': not found\), line 4 \('c\.wav': not found\); fix the paths"):
         predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
     # the command line says the same and exits 2
@@ -240,7 +240,7 @@ def test_paths_escaping_the_root_are_refused_before_any_read(tmp_path, monkeypat
     with pytest.raises(data.ManifestError, match=r"bank manifest .*(outside the audio root|must be a path relative)"):
         data.load_bank(m)
     manifest, _ = _user_manifest(tmp_path, [{"path": "audio/ok.wav", "label": "speech"}, {"path": bad, "label": "speech"}])
-    with pytest.raises(ValueError, match=r"row 3: path .* points outside the audio root .*; refused"):
+    with pytest.raises(ValueError, match=r"line 3: path .* points outside the audio root .*; refused"):
         predict.predict_manifest("webrtc", manifest, bank, tmp_path / "out.csv")
     assert reads == [], f"files were read although the manifest was refused: {reads}"
     assert not (tmp_path / "out.csv").exists()
@@ -376,7 +376,7 @@ def test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes(tmp_path
     deadline = time.monotonic() + 120
     try:
         # aim at the middle of a write: its temporary file exists and has begun to fill
-        while not _filling(run, ".predictions.csv.*.tmp.csv"):
+        while not _filling(run, ".predictions.csv.speechbook-*.tmp.csv"):
             assert proc.poll() is None, "the runner ended before it could be killed"
             assert time.monotonic() < deadline, "chapter 02 never started writing"
             time.sleep(0.01)
@@ -643,16 +643,19 @@ def test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored(tmp_p
     (run / "predictions.csv").write_text("good")
     # what a SIGKILL mid-write leaves: a temporary file, a temporary folder, and (between atomic_dir's two
     # renames) a last good folder moved aside with nothing in its place
-    (run / ".predictions.csv.abcd1234.tmp.csv").write_text("ha")
-    (run / "training" / "s" / "checkpoints" / ".step-0000003.x1y2z3_4.tmp").mkdir()
-    (run / "systems" / ".adapter.old.4242").mkdir(parents=True)
-    (run / "systems" / ".adapter.old.4242" / "adapter_model.safetensors").write_text("last good adapter")
+    (run / ".predictions.csv.speechbook-abcd1234.tmp.csv").write_text("ha")
+    (run / "training" / "s" / "checkpoints" / ".step-0000003.speechbook-x1y2z3_4.tmp").mkdir()
+    (run / "systems" / ".adapter.old.speechbook-4242").mkdir(parents=True)
+    (run / "systems" / ".adapter.old.speechbook-4242" / "adapter_model.safetensors").write_text("last good adapter")
     (run / ".02_training.running.ipynb").write_text("{}")  # papermill's partial copy: replaced by the next run
     cleared = io.clear_leftovers(run)
     assert len(cleared) == 3
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
         ".02_training.running.ipynb", "predictions.csv", "systems", "systems/adapter", "systems/adapter/adapter_model.safetensors",
         "training", "training/s", "training/s/checkpoints", "training/s/checkpoints/step-0000002"]
+    # the writers really use that marker
+    with io.atomic_path(run / "x.csv") as tmp:
+        assert io.is_leftover(tmp.name) and tmp.name.startswith(".x.csv.speechbook-")
     assert (run / "predictions.csv").read_text() == "good"
     assert (run / "systems" / "adapter" / "adapter_model.safetensors").read_text() == "last good adapter"
 
