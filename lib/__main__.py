@@ -23,7 +23,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     chapters = [c for c in (args.chapters or "").replace(",", " ").split() if c] or None
     run_book(
         args.profile, overrides, run_id=args.run_id, chapters=chapters, force=args.force, progress_bar=args.progress,
-        results_dir=args.results_dir, notebooks_dir=args.notebooks_dir,
+        results_dir=args.results_dir, notebooks_dir=args.notebooks_dir, publish_figures=False if args.no_publish_figures else None,
     )
     return 0
 
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
     book.add_argument("--results-dir", default=None, help="where run folders go (default: the profile's results_root)")
     book.add_argument("--notebooks-dir", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help=argparse.SUPPRESS)
+    book.add_argument("--no-publish-figures", action="store_true",
+                      help="keep the figures in the run folder only (sweep members); by default a whole-book run copies them to figures/ when it completes")
     book.set_defaults(func=_cmd_book)
 
     sw = sub.add_parser("sweep", help="train and evaluate a list of seeds x variants on a run's bank")

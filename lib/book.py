@@ -388,6 +388,7 @@ def run_book(
     """
     overrides = dict(overrides or {})
     cfg = resolve(profile, overrides)  # validates the profile, every override name and its type up front
+    run_dir = run_dir_for(profile, run_id or make_run_id(), results_dir or cfg["results_root"]).resolve()
     chapters = list(chapters) if chapters is not None else None
     want_sweep = bool(chapters) and SWEEP_STEP in chapters
     if chapters is not None:
@@ -395,7 +396,6 @@ def run_book(
     selected = list_chapters(chapters, Path(notebooks_dir)) if (chapters or not want_sweep) else []
     if not selected and not want_sweep:
         raise ConfigError(f"no chapters found in {notebooks_dir}")
-    run_dir = run_dir_for(profile, run_id or make_run_id(), results_dir or cfg["results_root"]).resolve()
     digest = params_digest(profile, overrides)
     # The sweep belongs to a whole-book run (or is asked for by name in --chapters).
     include_sweep = bool(cfg["sweep_seeds"]) and (chapters is None or want_sweep)

@@ -306,7 +306,7 @@ def load_model(model_name_or_path: str = TINY, quantization: str = "none", torch
         if Path(path).is_dir():  # a local folder that is there but cannot be read as a model
             raise _damaged_model(path, err) from None
         raise _not_found(model_name_or_path, err) from err
-    except (ValueError, RuntimeError, KeyError, TypeError) as err:  # truncated weights, a broken config.json ...
+    except Exception as err:  # noqa: BLE001 - truncated weights (SafetensorError), a broken config.json ...
         if Path(path).is_dir():
             raise _damaged_model(path, err) from None
         raise

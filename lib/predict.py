@@ -136,7 +136,8 @@ def read_clip_manifest(manifest: str | Path, audio_root: str | Path) -> pd.DataF
                 f"{manifest} line {bad['line'].iloc[0]}: unknown label {bad['label'].iloc[0]!r}; labels must be one of {LABELS} "
                 "(or leave out the label column to score unlabelled clips)"
             )
-    resolved, problems = [], []
+    resolved: list[Path | None] = []
+    problems: list[str] = []
     for line, rel in zip(df["line"], df["path"]):
         if not rel.strip():
             problems.append(f"line {line} (empty path)")
@@ -154,7 +155,8 @@ def read_clip_manifest(manifest: str | Path, audio_root: str | Path) -> pd.DataF
             problems.append(f"line {line} ({rel!r}: {why})")
     # Checked before any model is loaded: a typo should not cost a model load and half a scoring run.
     if problems:
-        raise FileNotFoundError(
+        only_missing = all(p.endswith(": not found)") for p in problems)
+        raise (FileNotFoundError if only_missing else ManifestError)(
             f"{manifest}: {len(problems)} audio file(s) not usable under {root}: {', '.join(problems[:5])}"
             f"{' ...' if len(problems) > 5 else ''}; fix the paths (relative to --audio-root) or drop those rows"
         )
@@ -264,6 +266,13 @@ def _load_clip(manifest: Path, line: int, path: Path, mode: str) -> np.ndarray:
         raise type(err)(f"{manifest} line {line}: {err}") from err
 
 
+def _level_hint(x: np.ndarray) -> str:
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if peak > 1:
+        return f"its samples reach {peak:.3g}, far beyond full scale [-1, 1]: rescale the file, or use --normalization peak or rms"
+    return "check the clip (listen to it, or re-export it), or drop its row"
+
+
 def predict_manifest(
     system: str,
     manifest: str | Path,
@@ -334,13 +343,22 @@ def predict_report(
             continue
         if window:
             n_windowed += sum(len(a) > window for a in audios)
-        got = np.asarray(scorer.score(audios), dtype=float)
+        try:
+            got = np.asarray(scorer.score(audios), dtype=float)
+        except ValueError:  # a system that refuses some clip (e.g. its features overflow): find it, one clip at a time
+            got = np.full(len(audios), np.nan)
+            for k, a in enumerate(audios):
+                try:
+                    got[k] = float(np.asarray(scorer.score([a]), dtype=float)[0])
+                except ValueError as err:
+                    fail(idx[k], f"{scorer.name} cannot score {df['abs_path'].iloc[idx[k]]} ({str(err).splitlines()[0]}); "
+                                 f"{_level_hint(a)}")
+                    got[k] = np.inf  # reported: not reported again below
         for i, a, p in zip(idx, audios, got):
+            if p == np.inf:
+                continue
             if not np.isfinite(p):  # named now, not after the whole run's work
-                peak = float(np.abs(a).max())
-                hint = (f"its samples reach {peak:.3g}, far beyond full scale [-1, 1]: rescale the file, or use --normalization peak or rms"
-                        if peak > 1 else "check the clip")
-                fail(i, f"{scorer.name} gave no score (p_speech {p}) for {df['abs_path'].iloc[i]}: {hint}")
+                fail(i, f"{scorer.name} gave no score (p_speech {p}) for {df['abs_path'].iloc[i]}: {_level_hint(a)}")
             else:
                 scores[i] = p
     keep = np.isfinite(scores)
