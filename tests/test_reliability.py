@@ -1,4 +1,4 @@
-"""Reliability catalogue (issue 5): bad input, interrupted runs, reproducibility, atomic writes, fuzzing.
+"""Reliability catalogue (issue 5, round 2: issue 15): bad input, interrupted runs, reproducibility, atomic writes, fuzzing.
 
 Every item of the issue maps to the test(s) that prove it and to where the check lives. Tests named
 ``test_reliability::...`` are in this file; the others are reused as they are.
@@ -61,6 +61,61 @@ Every item of the issue maps to the test(s) that prove it and to where the check
 | mixing reaches the requested SNR for any non-silent signal and noise | test_audio_properties::test_mixing_reaches_the_requested_snr; test_reliability::test_mixing_reaches_the_snr_over_a_window_at_any_level | lib.audio.mix_at_snr |
 | normalization never gives NaN or a peak beyond the target | test_audio_properties::test_normalization_never_nan_or_above_target; test_reliability::test_rms_normalization_reaches_its_target_unless_the_peak_limits_it, ::test_nonfinite_input_never_normalizes | lib.audio.normalize |
 | cutting never returns the wrong length | test_audio_properties::test_cut_never_returns_the_wrong_length, ::test_cut_from_a_short_source_always_raises; test_reliability::test_cut_length_for_any_dtype_and_start | lib.audio.cut |
+
+6. Round 2 (issue 15): what a hostile user broke. Each test failed on the code before the fix.
+
+| item | test(s) | check lives in |
+|---|---|---|
+| `predict --out` = the input manifest (exit 0, manifest gone before) | test_reliability::test_predict_refuses_an_out_that_would_destroy_something_before_any_work[the-manifest-itself] | lib.predict.check_output |
+| `--out` = one of the clips | ...[a-clip] | lib.predict.check_output |
+| `--out` a folder | ...[a-folder] | lib.predict.check_output |
+| `--out` a character device, or a link to one (`/dev/stdout` as root became a regular file) | ...[a-character-device] | lib.predict.check_output |
+| `--out` a FIFO | ...[a-fifo] | lib.predict.check_output |
+| `--out` a link to an input | ...[a-link-to-the-manifest] | lib.predict.check_output |
+| `--out x.parquet` wrote CSV text | ...[a-parquet-name] | lib.predict.check_output (.csv only) |
+| a read-only or forbidden output folder failed after all the scoring | test_reliability::test_predict_checks_that_it_can_write_before_scoring | lib.predict._check_writable (a real temporary file) |
+| a replaced output lost its permissions; a link output became a file | test_reliability::test_a_replaced_output_keeps_its_permissions_and_a_link_stays_a_link | lib.io.atomic_path (mode copied); lib.predict.check_output (writes the link's target) |
+| `--run-id ../../../x`, `/abs/path`, `.`, `..`, `a/b`, `.hidden` wrote outside results/<profile>/ | test_reliability::test_run_ids_that_leave_their_folder_are_refused[*] | lib.config.check_name via lib.results.run_dir_for |
+| `--profile ../profiles/ci` (and other paths) accepted as a profile | test_reliability::test_profile_names_that_leave_the_profiles_folder_are_refused | lib.config._read_profile_file, check_name |
+| the start-up clean-up deleted `.thesis.tex.swpfile1.tmp`, renamed `.backup.old.2023`, could follow links | test_reliability::test_the_clean_up_removes_only_names_the_atomic_writer_made; test_reliability::test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored | lib.io (MARKER in every temporary name, is_leftover, clear_leftovers walks without following links) |
+| figures shared by every run: a chapter's figures go to its run and say which run drew them | test_reliability::test_a_chapters_figures_go_to_its_run_folder_and_say_which_run | lib.book.setup_chapter (cfg['figures_dir']), lib.io.save_figure (stamp + metadata) |
+| sweep members overwrote the main run's figures; figures/ gets the main run's when it completes | test_reliability::test_sweep_members_never_overwrite_the_main_runs_figures (slow) | lib.book.publish_run_figures, lib.sweep (publish_figures=False) |
+| a LoRA system heard only the first 30 s of a clip | test_reliability::test_long_clips_are_scored_in_windows_not_cut_at_30_s | lib.model.split_long_clips / score_long_clips (LoraScorer.score) |
+| ... and the output says how a long clip was scored | test_reliability::test_predict_says_how_it_scored_a_long_clip | lib.predict (variant, log) |
+| two `book` commands on one run id both ran; a second one ended in a RuntimeError traceback | test_reliability::test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running | lib.book.run_book (filelock lock), RunBusy, lib.__main__ |
+| a status.json whose pid was reused read 'running' for ever | test_reliability::test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running | lib.book.read_status / is_locked |
+| `book --chapters 05` on an unfinished run marked it complete and dropped the running sweep | test_reliability::test_a_partial_chapters_run_never_marks_an_unfinished_run_complete (slow) | lib.book (status 'plan', missing_steps) |
+| continuing a run with another DATA_DIR rewrote params.yaml's corpus checksum (refused now) | test_reliability::test_continuing_a_run_on_another_corpus_is_refused | lib.book.check_corpus (run_book, ensure_bank, setup_chapter) |
+| exploring in JupyterLab rewrote a complete run; a relative run_dir made notebooks/results; run_dir=None trained silently | test_reliability::test_exploring_never_rewrites_a_complete_run_nor_starts_one_silently | lib.book.setup_chapter (rewrite=, new_run=, project-root paths, _last_timings) |
+| truncated, empty or random-bytes adapter safetensors | test_reliability::test_a_damaged_adapter_is_named_with_what_to_do[truncated-weights, empty-weights, random-weights] | lib.model.check_adapter_files |
+| empty or invalid adapter_config.json | test_reliability::test_a_damaged_adapter_is_named_with_what_to_do[empty-config, invalid-config] | lib.model.check_adapter_files |
+| empty or invalid system.yaml | test_reliability::test_a_damaged_system_yaml_is_named[*] | lib.systems.read_system_yaml |
+| a truncated fitted baseline (was model.joblib) | test_reliability::test_a_truncated_fitted_baseline_is_named | lib.baselines.load_fitted_state (sha256, skops errors) |
+| a half-written tiny (or any local) base model: 'delete it to rebuild' | test_reliability::test_a_half_written_base_model_says_delete_it_to_rebuild | lib.model.ensure_tiny_model / check_weights, load_model (_damaged_model) |
+| a symbolic link loop as a clip | test_reliability::test_a_clip_path_that_is_no_file_says_what_it_is[a-link-loop] | lib.predict.read_clip_manifest; lib.audio.load_audio |
+| a symbolic link loop as `--audio-root` | test_reliability::test_an_audio_root_that_is_a_link_loop_is_named | lib.predict._resolve_root |
+| `--manifest` a folder | test_reliability::test_a_bad_manifest_is_named_by_file_and_line[a-folder] | lib.predict.read_clip_manifest |
+| a 0-byte manifest | ...[zero-bytes] | lib.predict._read_rows |
+| ragged rows | ...[ragged-row] | lib.predict._read_rows |
+| a Latin-1 manifest | ...[latin-1] | lib.predict._read_rows |
+| wrong row numbers with blank lines | ...[blank-lines] | lib.predict._read_rows (file lines) |
+| wrong row numbers with multi-line quoted fields | ...[multi-line-field] | lib.predict._read_rows (file lines) |
+| a folder named x.wav reported as 'not found' | test_reliability::test_a_clip_path_that_is_no_file_says_what_it_is[a-folder-named-wav] | lib.predict._not_a_clip; lib.audio.load_audio |
+| a FIFO reported as 'not found' | ...[a-fifo] | lib.predict._not_a_clip; lib.audio.load_audio |
+| stereo that cancels to silence reported as 'all-silent (peak 0)' | test_reliability::test_stereo_that_cancels_to_silence_is_named_as_such | lib.audio.load_audio |
+| samples at 3e38: 'p_speech has 1 NaN values', no clip named, after all the work | test_reliability::test_a_clip_that_a_system_cannot_score_is_named_at_once | lib.predict (per batch; one clip at a time when a system raises) |
+| `--batch-size 0` | test_reliability::test_predict_batch_size_must_be_positive | lib.__main__._positive_int; lib.predict |
+| `--set seed=abc` failed only in chapter 03 | test_reliability::test_every_parameter_is_type_checked_at_start_up[seed=abc] | lib.config.check_type (resolve, every profile) |
+| `--set bank_seed=1.5` silently 1 | ...[bank_seed=1.5] | lib.config.check_type |
+| `--set bandlimit_augment=maybe` silently True | ...[bandlimit_augment=maybe] | lib.config.check_type |
+| list items of the wrong type; a value that is not YAML | ...[snrs_db=[0, loud]], ...[prompt=[] | lib.config.check_type, parse_override |
+| a truncated status.json made a run impossible to resume | test_reliability::test_a_damaged_params_or_status_file_is_named_not_a_traceback; test_reliability::test_a_partial_chapters_run_never_marks_an_unfinished_run_complete (resumes it) | lib.book.read_status ('damaged'), run_book |
+| an empty params.yaml (status, rerun: tracebacks) | test_reliability::test_a_damaged_params_or_status_file_is_named_not_a_traceback | lib.book.read_params; lib.__main__ (status, rerun) |
+| `predict` on a manifest without a label column | test_reliability::test_predict_scores_unlabelled_clips | lib.predict.read_clip_manifest; lib.results.predictions_frame(allow_unlabelled) |
+| `--on-error skip|stop` for unreadable clips | test_reliability::test_on_error_skip_writes_the_rest_and_lists_the_failures | lib.predict.predict_report |
+| out-of-range float audio (x1000) warned, naming the clip | test_reliability::test_out_of_range_float_audio_gets_a_warning_naming_the_clip | lib.predict._load_clip |
+| fitted baselines saved as pickles ran code when loaded | test_reliability::test_fitted_baselines_are_saved_in_a_format_that_cannot_run_code | lib.baselines.save_fitted_state / load_fitted_state (skops, trusted types, sha256; pickles refused) |
+| a system.yaml `file:` outside its system folder | test_reliability::test_a_system_yaml_file_outside_its_folder_is_refused | lib.systems.system_file |
 """
 from __future__ import annotations
 
