@@ -1083,6 +1083,8 @@ def score_long_clips(score_pieces: "Callable[[list[np.ndarray]], np.ndarray]", a
     """p_speech per clip, a clip longer than the model's window being the maximum over its windows (is there
     speech anywhere in it?). The audio encoder hears at most 30 s: without this, the rest would be dropped
     silently by the feature extractor."""
+    if all(len(a) <= window for a in audios):  # the usual case: the clips as given (they may be a lazy sequence)
+        return np.asarray(score_pieces(audios), dtype=float)
     pieces, owner = split_long_clips(audios, window)
     p = np.asarray(score_pieces(pieces), dtype=float)
     out = np.full(len(audios), -np.inf)
