@@ -23,7 +23,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     chapters = [c for c in (args.chapters or "").replace(",", " ").split() if c] or None
     run_book(
         args.profile, overrides, run_id=args.run_id, chapters=chapters, force=args.force, progress_bar=args.progress,
-        results_dir=args.results_dir, notebooks_dir=args.notebooks_dir,
+        results_dir=args.results_dir, notebooks_dir=args.notebooks_dir, publish_figures=False if args.no_publish_figures else None,
     )
     return 0
 
@@ -53,12 +53,23 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .book import read_params, read_status
+    from .book import missing_steps, read_params, read_status
 
-    status = read_status(args.run_dir)
-    params = read_params(args.run_dir)
-    print(f"run {Path(args.run_dir).name}: {status['state']}" + (f" ({status['note']})" if status.get("note") else ""))
-    print(f"profile {params['profile']}, overrides {params.get('overrides') or {}}, commit {params['git'].get('commit')}")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a folder; give a run folder, e.g. results/cpu/book")
+    status = read_status(run_dir)
+    if status["state"] == "missing" and not (run_dir / "params.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} holds no status.json nor params.yaml: not a run folder made by `python -m lib book`")
+    print(f"run {run_dir.name}: {status['state']}" + (f" ({status['note']})" if status.get("note") else ""))
+    try:
+        params = read_params(run_dir)
+        print(f"profile {params['profile']}, overrides {params.get('overrides') or {}}, commit {(params.get('git') or {}).get('commit')}")
+    except (FileNotFoundError, ConfigError) as err:
+        print(f"warning: {err}")
+    missing = missing_steps(status)
+    if missing and status["state"] != "complete":
+        print(f"  still to run: {', '.join(missing)}")
     for name, chapter in status.get("chapters", {}).items():
         extra = f" {chapter['seconds']}s" if "seconds" in chapter else ""
         extra += f"  {chapter['error']}" if "error" in chapter else ""
@@ -67,13 +78,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_manifest
+    from .predict import predict_report
 
-    out = predict_manifest(
+    report = predict_report(
         system=args.system, manifest=args.manifest, audio_root=args.audio_root, out=args.out,
-        normalization=args.normalization, batch_size=args.batch_size,
+        normalization=args.normalization, batch_size=args.batch_size, on_error=args.on_error,
     )
-    print(f"wrote {out}")
+    print(f"wrote {report.out} ({report.n_scored} clips" + (f", {len(report.failures)} skipped" if report.failures else "") + ")")
     return 0
 
 
@@ -85,6 +96,16 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     for p in changed:
         print(f"cleaned {p}")
     return 1 if (changed and args.check) else 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
     book.add_argument("--results-dir", default=None, help="where run folders go (default: the profile's results_root)")
     book.add_argument("--notebooks-dir", default=str(Path(__file__).resolve().parent.parent / "notebooks"), help=argparse.SUPPRESS)
+    book.add_argument("--no-publish-figures", action="store_true",
+                      help="keep the figures in the run folder only (sweep members); by default a whole-book run copies them to figures/ when it completes")
     book.set_defaults(func=_cmd_book)
 
     sw = sub.add_parser("sweep", help="train and evaluate a list of seeds x variants on a run's bank")
@@ -127,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--audio-root", required=True, help="folder the manifest's paths are relative to")
     pr.add_argument("--out", required=True, help="predictions CSV to write")
     pr.add_argument("--normalization", default=None, choices=["none", "peak", "rms"], help="default: the system's own")
-    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--batch-size", type=_positive_int, default=32)
+    pr.add_argument("--on-error", default="stop", choices=["stop", "skip"],
+                    help="an unreadable or unscorable clip: stop (default; nothing written) or skip it, write the rest and list the failures")
     pr.set_defaults(func=_cmd_predict)
 
     cl = sub.add_parser("clean-notebooks", help="strip outputs/execution counts from stored notebooks")
@@ -146,8 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChapterFailed as err:  # a chapter raised: its cell and error, no traceback of the runner
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # RunBusy, damaged files, bad input: all say what to do
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # permissions, a full disk, a read-only folder: name the file
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}; check that the path exists and that you may write there", file=sys.stderr)
         return 2
 
 

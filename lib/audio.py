@@ -67,9 +67,13 @@ def load_audio(path: str | os.PathLike, sr: int = SR) -> np.ndarray:
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise AudioError(f"{path} is a broken symbolic link or a link loop; fix the link, or drop its row from the manifest")
         raise AudioError(f"audio file not found: {path} (check the path, or the manifest row that names it)")
     if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file")
+        raise AudioError(f"{path} is a folder, not an audio file; check the path, or drop its row from the manifest")
+    if not path.is_file():
+        raise AudioError(f"{path} is not a regular file (a FIFO, device or socket); copy the audio into a file first")
     ext = path.suffix.lower()
     if ext not in AUDIO_EXTENSIONS:
         raise AudioError(
@@ -103,9 +107,16 @@ def load_audio(path: str | os.PathLike, sr: int = SR) -> np.ndarray:
             f"audio file {path} has {bad} NaN or infinite samples; it cannot be used as is: re-export it from its "
             "source, or drop its row from the manifest"
         )
-    if data.shape[1] > 1:
-        warnings.warn(f"{path}: {data.shape[1]} channels averaged to mono", AudioNote, stacklevel=2)
     x = data.mean(axis=1)
+    if data.shape[1] > 1:
+        loudest = float(np.abs(data).max())
+        if loudest >= SILENCE_PEAK and float(np.abs(x).max()) <= loudest * 1e-6:
+            raise AudioError(
+                f"{path}: its {data.shape[1]} channels cancel out when averaged to mono (one is the other inverted, peak "
+                f"{loudest:.3g} per channel, 0 after mixing): re-export it with one channel, e.g. "
+                f"`ffmpeg -i {path.name} -af 'pan=mono|c0=c0' mono.wav`, or drop its row from the manifest"
+            )
+        warnings.warn(f"{path}: {data.shape[1]} channels averaged to mono", AudioNote, stacklevel=2)
     if file_sr != sr:
         warnings.warn(f"{path}: resampled from {file_sr} Hz to {sr} Hz", AudioNote, stacklevel=2)
         x = resample(x, file_sr, sr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,13 +24,86 @@ class ConfigError(ValueError):
     """A profile or parameter is wrong; the message says which and what the valid choices are."""
 
 
+# A profile name or run id is one plain folder name: no separator, no "." or "..", no leading dot or dash.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+# Parameters whose type the reference profile's value does not tell (it is null, or several types are valid).
+PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "data_dir": (str,), "max_sources_per_class": (int,), "max_train_clips": (int,), "prompt_opt_system": (str,),
+    "prompt_opt_dev_max_clips": (int,), "opro_optimizer_model": (str,), "opro_meta_prompt": (str,),
+    "template_search_max": (int,), "gradient_checkpointing": (bool, str),
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuse a profile name or run id that is not one plain folder name (it would write outside results/)."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value) or value in {".", ".."}:
+        raise ConfigError(
+            f"{what} {value!r} is not a valid name: use letters, digits, '.', '_', '+' or '-', starting with a "
+            "letter or digit (no '/', no '..'), e.g. book or seed1"
+        )
+    return value
+
+
+def check_type(key: str, value: Any, reference: Any, where: str = "") -> Any:
+    """``value`` for parameter ``key`` with the type the reference profile gives it (None = keep the profile's).
+
+    A number written as text (``1e-3``, which YAML reads as a string) is accepted for a float parameter.
+    Raises ConfigError naming the parameter, the type it needs and the value given.
+    """
+    if value is None:
+        return None
+    if key in PARAM_TYPES:
+        allowed = PARAM_TYPES[key]
+    elif reference is None:
+        return value
+    elif isinstance(reference, bool):
+        allowed = (bool,)
+    elif isinstance(reference, float):
+        allowed = (float, int)
+    else:
+        allowed = (type(reference),)
+    if float in allowed and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok and isinstance(value, list) and isinstance(reference, list) and reference:
+        def kind(v: Any) -> str:
+            return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+        want = {kind(v) for v in reference}
+        bad = [v for v in value if kind(v) not in want]
+        if bad:
+            raise ConfigError(
+                f"parameter {key}{where}: list items must be {' or '.join(sorted(want))} like the profile's {reference!r}; "
+                f"got {bad[0]!r} in {value!r}"
+            )
+    if not ok:
+        words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in allowed)
+        raise ConfigError(
+            f"parameter {key}{where} must be {words} (the profile has {reference!r}); got {value!r} "
+            f"({type(value).__name__}): fix it, e.g. --set {key}={_example(reference, allowed)}"
+        )
+    return value
+
+
+def _example(reference: Any, allowed: tuple[type, ...]) -> str:
+    import yaml
+
+    if reference is not None:
+        return yaml.safe_dump(reference, default_flow_style=True).strip().removesuffix("...").strip()
+    return {bool: "true", int: "1", float: "0.5", str: "text", list: "[1, 2]"}[allowed[0]]
+
+
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
 def _read_profile_file(name: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{name}.yaml"
-    if not path.exists():
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or not path.exists():
         raise ConfigError(
             f"unknown profile {name!r}; valid profiles: {', '.join(available_profiles())}"
             + _did_you_mean(name, available_profiles())
@@ -68,6 +142,8 @@ def load_profile(name: str) -> dict[str, Any]:
                 f"profile {name!r} sets unknown parameter {k!r}" + _did_you_mean(k, sorted(keys))
                 + f"; valid parameters: {', '.join(sorted(keys))}"
             )
+        if cfg:
+            own[k] = check_type(k, own[k], cfg[k], where=f" in profile {name!r}")
     cfg.update(own)
     cfg["profile"] = name
     return cfg
@@ -79,6 +155,7 @@ def resolve(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = N
     Unknown names raise with the list of valid ones: a typo never silently falls back to a default.
     """
     cfg = load_profile(profile)
+    reference = load_profile(BASE_PROFILE)
     merged = dict(overrides or {})
     merged.update(kw)
     for k, v in merged.items():
@@ -88,6 +165,7 @@ def resolve(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = N
             raise ConfigError(
                 f"unknown parameter {k!r}" + _did_you_mean(k, sorted(cfg)) + f"; valid parameters: {', '.join(sorted(cfg))}"
             )
+        v = check_type(k, v, reference[k])  # at start-up, not in the chapter that first uses it
         if v is not None:
             cfg[k] = v
     data_dir = resolve_data_dir(cfg.get("data_dir"))
@@ -117,4 +195,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. seed=1 or snrs_db=[0,10]")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote text, "
+            "e.g. prompt='\"...\"', and write lists as [0, 10]"
+        ) from None

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +21,7 @@ import yaml
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+MARKER = "speechbook"  # in every temporary name lib.io makes: clear_leftovers removes only names that carry it
 
 
 @contextlib.contextmanager
@@ -27,10 +29,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{MARKER}-", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are ordinary files
+    # mkstemp makes 0600 files; results are ordinary files, and a file that is replaced keeps its permissions
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_UMASK
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -47,13 +54,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{MARKER}-", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            old = path.with_name(f".{path.name}.old.{MARKER}-{os.getpid()}")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
@@ -66,10 +73,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 # What a kill (SIGKILL, a lost machine) can leave behind: the temporary names of atomic_path/atomic_dir
-# (".<name>.<8 random chars>.tmp[.<ext>]") and, in atomic_dir's window between its two renames, the old
-# folder moved aside (".<name>.old.<pid>") with nothing yet in its place.
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\.[^/]*)?$")
-_OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old\.\d+$")
+# (".<name>.speechbook-<8 random chars>.tmp[.<ext>]") and, in atomic_dir's window between its two renames, the
+# old folder moved aside (".<name>.old.speechbook-<pid>") with nothing yet in its place. The marker is ours
+# alone, so that the clean-up never touches a user's own ".something.tmp" or ".backup.old.2023".
+_TEMP_NAME = re.compile(rf"^\.(?P<name>.+)\.{MARKER}-[a-z0-9_]{{8}}\.tmp(\.[^/]*)?$")
+_OLD_NAME = re.compile(rf"^\.(?P<name>.+)\.old\.{MARKER}-\d+$")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file name is one that lib.io's atomic writers make (and a kill may leave behind)."""
+    return bool(_TEMP_NAME.match(name) or _OLD_NAME.match(name))
 
 
 def clear_leftovers(folder: str | os.PathLike) -> list[Path]:
@@ -80,7 +93,12 @@ def clear_leftovers(folder: str | os.PathLike) -> list[Path]:
     the paths removed or restored.
     """
     done: list[Path] = []
-    for path in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder, followlinks=False):  # never through a link out of the folder
+        found.extend(Path(top) / n for n in dirs + files if n.startswith("."))
+    for path in sorted(found, key=lambda p: len(p.parts), reverse=True):
+        if path.is_symlink():
+            continue
         if _TEMP_NAME.match(path.name):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -103,6 +121,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
@@ -119,14 +143,36 @@ def write_csv(path: str | os.PathLike, df: "Any", **kwargs: Any) -> Path:
     return Path(path)
 
 
+def figure_run(path_stem: str | os.PathLike) -> str | None:
+    """``<profile>/<run_id>`` when a figure is saved into a run folder's ``figures/`` (results/<profile>/<run_id>/
+    figures/...), else None."""
+    folder = Path(path_stem).resolve().parent
+    run = folder.parent
+    if folder.name == "figures" and ((run / "params.yaml").exists() or (run / "status.json").exists()):
+        return f"{run.parent.name}/{run.name}"
+    return None
+
+
 def save_figure(fig: "Any", path_stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf"), dpi: int = 150) -> list[Path]:
-    """Save a matplotlib figure as PNG and PDF (atomically), returning the paths written."""
+    """Save a matplotlib figure as PNG and PDF (atomically), returning the paths written.
+
+    A figure saved into a run folder's ``figures/`` says which run drew it: a small footer "run
+    <profile>/<run_id>" and the same in the file's metadata, so that its copy in the project's ``figures/``
+    still says where it came from.
+    """
+    run = figure_run(path_stem)
+    stamp = fig.text(0.995, 0.002, f"run {run}", ha="right", va="bottom", fontsize=6, color="0.45") if run else None
     out = []
-    for fmt in formats:
-        target = Path(f"{path_stem}.{fmt}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        out.append(target)
+    try:
+        for fmt in formats:
+            target = Path(f"{path_stem}.{fmt}")
+            meta = {"png": {"Source": f"speechbook run {run}"}, "pdf": {"Subject": f"speechbook run {run}"}}.get(fmt) if run else None
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", **({"metadata": meta} if meta else {}))
+            out.append(target)
+    finally:
+        if stamp is not None:
+            stamp.remove()
     return out
 
 

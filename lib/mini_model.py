@@ -18,7 +18,6 @@ model (``model_name_or_path: mini`` or ``mini-base``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +95,6 @@ def build_mini_model(out_dir: str | Path | None = None, name: str = "mini", seed
 
 def ensure_mini_model(name: str = "mini") -> Path:
     """The mini model's folder, built on first use (about a minute) and reused afterwards."""
-    path = mini_model_dir(name)
-    info = path / BUILD_INFO
-    if not info.exists() or json.loads(info.read_text()).get("version") != MINI_VERSION:
-        build_mini_model(path, name)
-    return path
+    from .model import ensure_built
+
+    return ensure_built(mini_model_dir(name), MINI_VERSION, lambda path: build_mini_model(path, name), label(name))

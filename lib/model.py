@@ -86,6 +86,10 @@ class AdapterMismatchError(ValueError):
     """An adapter or checkpoint was made for another base model (or variant) than the one asked for."""
 
 
+class DamagedFilesError(ValueError):
+    """A saved model or adapter folder is damaged (half-written, truncated, edited); names it and what to do."""
+
+
 # ---------------------------------------------------------------------------------------------- tiny model
 def tiny_model_dir() -> Path:
     return PROJECT_ROOT / "checkpoints" / "tiny-qwen2-audio"
@@ -135,11 +139,42 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, in
 
 def ensure_tiny_model() -> Path:
     """The tiny model's folder, built on first use and reused afterwards."""
-    path = tiny_model_dir()
+    return ensure_built(tiny_model_dir(), TINY_VERSION, build_tiny_model, "tiny model")
+
+
+def ensure_built(path: Path, version: int, build, what: str) -> Path:
+    """A model folder lib builds itself (tiny, mini): built on first use or when its recipe's version changed,
+    else checked against the weight hashes recorded at build time (a damaged folder is refused, not used)."""
     info = path / BUILD_INFO
-    if not info.exists() or json.loads(info.read_text()).get("version") != TINY_VERSION:
-        build_tiny_model(path)
+    if not info.exists():
+        if path.exists() and any(path.iterdir()):
+            raise DamagedFilesError(f"{path} holds a {what} without its {BUILD_INFO} (half-written or copied by hand): "
+                                    "delete the folder to rebuild it")
+        build(path)
+        return path
+    try:
+        built = json.loads(info.read_text())
+    except (ValueError, OSError) as err:
+        raise DamagedFilesError(f"{info} is damaged ({err}): delete {path} to rebuild the {what}") from None
+    if built.get("version") != version:
+        build(path)
+        return path
+    check_weights(path, built.get("weights_sha256") or {}, "delete the folder to rebuild it (it is rebuilt on first use)")
     return path
+
+
+def check_weights(folder: Path, recorded: dict[str, str], remedy: str) -> None:
+    """Refuse a model folder whose weight files differ from the hashes recorded when it was built (a
+    half-written copy, a truncated file); cheap for the tiny and mini models lib builds."""
+    from . import io
+
+    for name, sha in recorded.items():
+        file = folder / name
+        if not file.is_file():
+            raise DamagedFilesError(f"{folder} is damaged: {name} is missing; {remedy}")
+        if io.sha256_file(file) != sha:
+            raise DamagedFilesError(f"{folder} is damaged: {name} differs from the file recorded when it was built "
+                                    f"(half-written or truncated?); {remedy}")
 
 
 def model_label(model_name_or_path: str) -> str:
@@ -187,6 +222,14 @@ def _not_found(name: str, err: Exception) -> ModelNotFoundError:
         f"that folder as model_name_or_path (e.g. `huggingface-cli download {REAL_MODEL_ID} --local-dir "
         f"checkpoints/Qwen2-Audio-7B-Instruct`, then model_name_or_path=checkpoints/Qwen2-Audio-7B-Instruct). "
         f"For the cpu profile use model_name_or_path=tiny. ({type(err).__name__}: {err})")
+
+
+def _damaged_model(path: str, err: Exception) -> DamagedFilesError:
+    built = (Path(path) / BUILD_INFO).exists()
+    return DamagedFilesError(
+        f"cannot load the model in {path} ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}): the folder is "
+        f"damaged or half-written; " + ("delete it to rebuild it (lib builds it again on first use)" if built else
+                                        "delete it and download or save the model again"))
 
 
 def pick_device(device: str = "auto") -> str:
@@ -238,7 +281,13 @@ def load_model(model_name_or_path: str = TINY, quantization: str = "none", torch
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
     except OSError as err:  # not a folder and not in the cache (or offline)
+        if Path(path).is_dir():  # a local folder that is there but cannot be read as a model
+            raise _damaged_model(path, err) from None
         raise _not_found(model_name_or_path, err) from err
+    except Exception as err:  # noqa: BLE001 - truncated weights (SafetensorError), a broken config.json ...
+        if Path(path).is_dir():
+            raise _damaged_model(path, err) from None
+        raise
     if quantization != "nf4":
         model.to(device)
     model.eval()
@@ -1132,8 +1181,44 @@ def generate_answers(model, processor, audios: Sequence[np.ndarray], prompt: str
 
 
 # ------------------------------------------------------------------------------------------------- scorer
+def split_long_clips(audios: Sequence[np.ndarray], window: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Clips longer than ``window`` samples cut into windows of ``window`` samples (stride ``window``; the last
+    window ends at the clip's end, so every window is full length); shorter clips stay whole. Returns the
+    pieces and, for each, the index of its clip."""
+    pieces: list[np.ndarray] = []
+    owner: list[int] = []
+    for i, a in enumerate(audios):
+        a = np.asarray(a)
+        if len(a) <= window:
+            pieces.append(a)
+            owner.append(i)
+            continue
+        starts = list(range(0, len(a) - window, window)) + [len(a) - window]
+        pieces.extend(a[s : s + window] for s in starts)
+        owner.extend([i] * len(starts))
+    return pieces, np.asarray(owner, dtype=int)
+
+
+def score_long_clips(score_pieces: "Callable[[list[np.ndarray]], np.ndarray]", audios: Sequence[np.ndarray],
+                     window: int) -> np.ndarray:
+    """p_speech per clip, a clip longer than the model's window being the maximum over its windows (is there
+    speech anywhere in it?). The audio encoder hears at most 30 s: without this, the rest would be dropped
+    silently by the feature extractor."""
+    if all(len(a) <= window for a in audios):  # the usual case: the clips as given (they may be a lazy sequence)
+        return np.asarray(score_pieces(audios), dtype=float)
+    pieces, owner = split_long_clips(audios, window)
+    p = np.asarray(score_pieces(pieces), dtype=float)
+    out = np.full(len(audios), -np.inf)
+    np.maximum.at(out, owner, p)
+    return out
+
+
 class LoraScorer:
-    """A fine-tuned system: base model + LoRA adapter, scoring clips through :func:`score`."""
+    """A fine-tuned system: base model + LoRA adapter, scoring clips through :func:`score`.
+
+    Clips longer than the audio encoder's window (30 s) are scored window by window: :attr:`window_rule`."""
+
+    window_rule = "clips over 30 s: p_speech is the maximum over 30 s windows (stride 30 s, the last ending at the clip's end)"
 
     def __init__(self, name: str, model, processor, prompt: str, batch_size: int = 16, progress: bool = False,
                  normalization: str | None = None):
@@ -1142,9 +1227,16 @@ class LoraScorer:
         self.normalization = normalization  # the level normalization its clips were trained under
         self.model_label = model_label(getattr(model, "speechbook_source", {}).get("model_name_or_path", ""))
 
+    @property
+    def window_samples(self) -> int:
+        """The most samples the feature extractor keeps of a clip (30 s at 16 kHz for Qwen2-Audio)."""
+        return int(self.processor.feature_extractor.n_samples)
+
     def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
-        return score(self.model, self.processor, audios, self.prompt, batch_size=self.batch_size,
-                     progress=self.progress, desc=self.name).p_speech
+        return score_long_clips(
+            lambda pieces: score(self.model, self.processor, pieces, self.prompt, batch_size=self.batch_size,
+                                 progress=self.progress, desc=self.name).p_speech,
+            audios, self.window_samples)
 
 
 def load_adapter(model, adapter_dir: str | os.PathLike, base_model: str | None = None,
@@ -1155,6 +1247,7 @@ def load_adapter(model, adapter_dir: str | os.PathLike, base_model: str | None =
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a saved adapter")
+    check_adapter_files(adapter_dir)
     if expected_fingerprint is not None:
         source = getattr(model, "speechbook_source", {}).get("model_name_or_path", base_model)
         check_base_model(expected_fingerprint, base_fingerprint(source), what=f"adapter {adapter_dir}")
@@ -1163,8 +1256,38 @@ def load_adapter(model, adapter_dir: str | os.PathLike, base_model: str | None =
     except RuntimeError as err:  # size mismatch: another architecture
         raise AdapterMismatchError(
             f"adapter {adapter_dir} does not fit base model {base_model or ''}: {err}") from err
+    except (ValueError, KeyError, TypeError, OSError) as err:  # what check_adapter_files cannot foresee
+        raise DamagedFilesError(f"cannot load adapter {adapter_dir} ({type(err).__name__}: {err}); {ADAPTER_REMEDY}") from None
     peft_model.eval()
     return peft_model
+
+
+ADAPTER_REMEDY = "the adapter is damaged: train it again (chapter 03_training) or restore the folder from a copy"
+
+
+def check_adapter_files(adapter_dir: Path) -> None:
+    """Name a damaged adapter before peft meets it: adapter_config.json must be a JSON object naming its peft
+    type, and the weights a complete safetensors file."""
+    from safetensors import safe_open
+
+    config = adapter_dir / "adapter_config.json"
+    try:
+        spec = json.loads(config.read_text())
+    except (ValueError, OSError) as err:
+        raise DamagedFilesError(f"{config} is not valid JSON ({err}); {ADAPTER_REMEDY}") from None
+    if not isinstance(spec, dict) or "peft_type" not in spec:
+        raise DamagedFilesError(f"{config} is {'empty' if not spec else 'not an adapter config'} (no peft_type); {ADAPTER_REMEDY}")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.exists():
+        if (adapter_dir / "adapter_model.bin").exists():
+            return
+        raise DamagedFilesError(f"{adapter_dir} holds no adapter_model.safetensors; {ADAPTER_REMEDY}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:  # checks the header against the file's size
+            list(f.keys())
+    except Exception as err:  # noqa: BLE001 - SafetensorError, a bad header, a truncated body
+        raise DamagedFilesError(f"{weights} is not a complete safetensors file ({type(err).__name__}: {str(err)[:160]}); "
+                                f"{ADAPTER_REMEDY}") from None
 
 
 def check_base_model(expected: dict, actual: dict, what: str) -> None:

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from . import io
-from .config import PROJECT_ROOT
+from .config import PROJECT_ROOT, check_name
 
 LABELS = ("speech", "nonspeech")
 # ``model``: for a system built on a Qwen2-Audio, which one (lib.model.model_label: the 7B, the mini or the tiny
@@ -34,7 +34,9 @@ def make_run_id(prefix: str = "") -> str:
 
 
 def run_dir_for(profile: str, run_id: str, root: str | Path | None = None) -> Path:
-    return results_root(root) / profile / run_id
+    """``<results root>/<profile>/<run_id>``; both names are checked to be plain folder names, so that a run
+    never writes outside its own folder (``--run-id ../x``, ``/abs``, ``.`` are refused)."""
+    return results_root(root) / check_name(profile, "profile") / check_name(run_id, "run id")
 
 
 def predictions_frame(
@@ -49,14 +51,19 @@ def predictions_frame(
     threshold: float = 0.5,
     pred: Sequence[str] | None = None,
     model: str = "",
+    allow_unlabelled: bool = False,
 ) -> pd.DataFrame:
-    """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``."""
+    """Build the predictions table for one system. ``pred`` defaults to ``p_speech >= threshold``.
+
+    ``allow_unlabelled``: an empty label means "unknown" (``python -m lib predict`` on unlabelled clips).
+    """
     p = np.asarray(p_speech, dtype=float)
     if len(p) != len(clip_ids) or len(labels) != len(clip_ids):
         raise ValueError(f"clip_ids ({len(clip_ids)}), labels ({len(labels)}) and p_speech ({len(p)}) differ in length")
-    if np.isnan(p).any():
-        raise ValueError(f"system {system!r}: p_speech has {int(np.isnan(p).sum())} NaN values")
-    bad = sorted(set(labels) - set(LABELS))
+    if not np.isfinite(p).all():
+        bad_ids = [clip_ids[i] for i in np.flatnonzero(~np.isfinite(p))[:5]]
+        raise ValueError(f"system {system!r}: p_speech has {int((~np.isfinite(p)).sum())} NaN values (clips {bad_ids})")
+    bad = sorted(set(labels) - set(LABELS) - ({""} if allow_unlabelled else set()))
     if bad:
         raise ValueError(f"unknown labels {bad}; labels must be one of {LABELS}")
     if pred is None:

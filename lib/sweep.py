@@ -86,7 +86,8 @@ def run_sweep(
     bar = tqdm(total=len(done) + len(todo), initial=len(done), desc="sweep", unit="run")
     if gpus <= 0:
         for m, _ in todo:
-            run_book(profile, m.overrides, run_id=m.run_id, chapters=chapters, results_dir=results_dir, log=lambda s: None, notebooks_dir=notebooks_dir)
+            run_book(profile, m.overrides, run_id=m.run_id, chapters=chapters, results_dir=results_dir, log=lambda s: None,
+                     notebooks_dir=notebooks_dir, publish_figures=False)  # the project's figures/ are the main run's
             bar.update()
     else:
         free: queue.Queue[int] = queue.Queue()
@@ -98,7 +99,7 @@ def run_sweep(
             try:
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
                 cmd = [sys.executable, "-m", "lib", "book", "--profile", profile, "--run-id", m.run_id,
-                       "--results-dir", str(results_dir), "--notebooks-dir", str(notebooks_dir), "--chapters", " ".join(chapters), *_set_args(m.overrides)]
+                       "--results-dir", str(results_dir), "--notebooks-dir", str(notebooks_dir), "--chapters", " ".join(chapters), "--no-publish-figures", *_set_args(m.overrides)]
                 proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"sweep member {m.run_id} failed on GPU {gpu}:\n{proc.stderr[-3000:]}")

@@ -99,7 +99,7 @@ def test_chapter06_on_a_synthetic_run_with_sweep_members(run_folder, tmp_path):
     assert (mc["system_a"] == "qwen2audio-attn/attn#0").all()  # the reference: the run's own seed, chosen by name
     summary = json.loads((run_folder / "statistics" / "summary.json").read_text())
     assert summary["smoke"] is True and summary["best_baseline"].startswith("silero_vad")
-    figs = tmp_path / "figures"
+    figs = run_folder / "figures"  # a run's figures live in its own folder (the project's figures/ gets a whole-book run's copies)
     for stem in ("06_metrics", "06_seeds", "06_psychometric_duration", "06_psychometric_snr", "06_reliability", "06_roc"):
         assert (figs / f"{stem}.png").exists() and (figs / f"{stem}.pdf").exists(), stem
 

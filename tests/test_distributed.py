@@ -21,7 +21,7 @@ def test_two_process_training_matches_one_process(synthetic_corpus, small_bank_c
                  "snrs_db": cfg["snrs_db"], "clips_per_cell": cfg["clips_per_cell"], "max_sources_per_class": cfg["max_sources_per_class"]}
     runs = {}
     for mode in ("one", "two"):
-        run = book.setup_chapter("cpu", tmp_path / mode, **overrides)
+        run = book.setup_chapter("cpu", tmp_path / mode, new_run=True, **overrides)
         book.ensure_bank(run)
         runs[mode] = tmp_path / mode
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Reliability catalogue (issue 5): bad input, interrupted runs, reproducibility, atomic writes, fuzzing.
+"""Reliability catalogue (issue 5, round 2: issue 15): bad input, interrupted runs, reproducibility, atomic writes, fuzzing.
 
 Every item of the issue maps to the test(s) that prove it and to where the check lives. Tests named
 ``test_reliability::...`` are in this file; the others are reused as they are.
@@ -61,6 +61,61 @@ Every item of the issue maps to the test(s) that prove it and to where the check
 | mixing reaches the requested SNR for any non-silent signal and noise | test_audio_properties::test_mixing_reaches_the_requested_snr; test_reliability::test_mixing_reaches_the_snr_over_a_window_at_any_level | lib.audio.mix_at_snr |
 | normalization never gives NaN or a peak beyond the target | test_audio_properties::test_normalization_never_nan_or_above_target; test_reliability::test_rms_normalization_reaches_its_target_unless_the_peak_limits_it, ::test_nonfinite_input_never_normalizes | lib.audio.normalize |
 | cutting never returns the wrong length | test_audio_properties::test_cut_never_returns_the_wrong_length, ::test_cut_from_a_short_source_always_raises; test_reliability::test_cut_length_for_any_dtype_and_start | lib.audio.cut |
+
+6. Round 2 (issue 15): what a hostile user broke. Each test failed on the code before the fix.
+
+| item | test(s) | check lives in |
+|---|---|---|
+| `predict --out` = the input manifest (exit 0, manifest gone before) | test_reliability::test_predict_refuses_an_out_that_would_destroy_something_before_any_work[the-manifest-itself] | lib.predict.check_output |
+| `--out` = one of the clips | ...[a-clip] | lib.predict.check_output |
+| `--out` a folder | ...[a-folder] | lib.predict.check_output |
+| `--out` a character device, or a link to one (`/dev/stdout` as root became a regular file) | ...[a-character-device] | lib.predict.check_output |
+| `--out` a FIFO | ...[a-fifo] | lib.predict.check_output |
+| `--out` a link to an input | ...[a-link-to-the-manifest] | lib.predict.check_output |
+| `--out x.parquet` wrote CSV text | ...[a-parquet-name] | lib.predict.check_output (.csv only) |
+| a read-only or forbidden output folder failed after all the scoring | test_reliability::test_predict_checks_that_it_can_write_before_scoring | lib.predict._check_writable (a real temporary file) |
+| a replaced output lost its permissions; a link output became a file | test_reliability::test_a_replaced_output_keeps_its_permissions_and_a_link_stays_a_link | lib.io.atomic_path (mode copied); lib.predict.check_output (writes the link's target) |
+| `--run-id ../../../x`, `/abs/path`, `.`, `..`, `a/b`, `.hidden` wrote outside results/<profile>/ | test_reliability::test_run_ids_that_leave_their_folder_are_refused[*] | lib.config.check_name via lib.results.run_dir_for |
+| `--profile ../profiles/ci` (and other paths) accepted as a profile | test_reliability::test_profile_names_that_leave_the_profiles_folder_are_refused | lib.config._read_profile_file, check_name |
+| the start-up clean-up deleted `.thesis.tex.swpfile1.tmp`, renamed `.backup.old.2023`, could follow links | test_reliability::test_the_clean_up_removes_only_names_the_atomic_writer_made; test_reliability::test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored | lib.io (MARKER in every temporary name, is_leftover, clear_leftovers walks without following links) |
+| figures shared by every run: a chapter's figures go to its run and say which run drew them | test_reliability::test_a_chapters_figures_go_to_its_run_folder_and_say_which_run | lib.book.setup_chapter (cfg['figures_dir']), lib.io.save_figure (stamp + metadata) |
+| sweep members overwrote the main run's figures; figures/ gets the main run's when it completes | test_reliability::test_sweep_members_never_overwrite_the_main_runs_figures (slow) | lib.book.publish_run_figures, lib.sweep (publish_figures=False) |
+| a LoRA system heard only the first 30 s of a clip | test_reliability::test_long_clips_are_scored_in_windows_not_cut_at_30_s | lib.model.split_long_clips / score_long_clips (LoraScorer.score) |
+| ... and the output says how a long clip was scored | test_reliability::test_predict_says_how_it_scored_a_long_clip | lib.predict (variant, log) |
+| two `book` commands on one run id both ran; a second one ended in a RuntimeError traceback | test_reliability::test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running | lib.book.run_book (filelock lock), RunBusy, lib.__main__ |
+| a status.json whose pid was reused read 'running' for ever | test_reliability::test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running | lib.book.read_status / is_locked |
+| `book --chapters 05` on an unfinished run marked it complete and dropped the running sweep | test_reliability::test_a_partial_chapters_run_never_marks_an_unfinished_run_complete (slow) | lib.book (status 'plan', missing_steps) |
+| continuing a run with another DATA_DIR rewrote params.yaml's corpus checksum (refused now) | test_reliability::test_continuing_a_run_on_another_corpus_is_refused | lib.book.check_corpus (run_book, ensure_bank, setup_chapter) |
+| exploring in JupyterLab rewrote a complete run; a relative run_dir made notebooks/results; run_dir=None trained silently | test_reliability::test_exploring_never_rewrites_a_complete_run_nor_starts_one_silently | lib.book.setup_chapter (rewrite=, new_run=, project-root paths, _last_timings) |
+| truncated, empty or random-bytes adapter safetensors | test_reliability::test_a_damaged_adapter_is_named_with_what_to_do[truncated-weights, empty-weights, random-weights] | lib.model.check_adapter_files |
+| empty or invalid adapter_config.json | test_reliability::test_a_damaged_adapter_is_named_with_what_to_do[empty-config, invalid-config] | lib.model.check_adapter_files |
+| empty or invalid system.yaml | test_reliability::test_a_damaged_system_yaml_is_named[*] | lib.systems.read_system_yaml |
+| a truncated fitted baseline (was model.joblib) | test_reliability::test_a_truncated_fitted_baseline_is_named | lib.baselines.load_fitted_state (sha256, skops errors) |
+| a half-written tiny (or any local) base model: 'delete it to rebuild' | test_reliability::test_a_half_written_base_model_says_delete_it_to_rebuild | lib.model.ensure_tiny_model / check_weights, load_model (_damaged_model) |
+| a symbolic link loop as a clip | test_reliability::test_a_clip_path_that_is_no_file_says_what_it_is[a-link-loop] | lib.predict.read_clip_manifest; lib.audio.load_audio |
+| a symbolic link loop as `--audio-root` | test_reliability::test_an_audio_root_that_is_a_link_loop_is_named | lib.predict._resolve_root |
+| `--manifest` a folder | test_reliability::test_a_bad_manifest_is_named_by_file_and_line[a-folder] | lib.predict.read_clip_manifest |
+| a 0-byte manifest | ...[zero-bytes] | lib.predict._read_rows |
+| ragged rows | ...[ragged-row] | lib.predict._read_rows |
+| a Latin-1 manifest | ...[latin-1] | lib.predict._read_rows |
+| wrong row numbers with blank lines | ...[blank-lines] | lib.predict._read_rows (file lines) |
+| wrong row numbers with multi-line quoted fields | ...[multi-line-field] | lib.predict._read_rows (file lines) |
+| a folder named x.wav reported as 'not found' | test_reliability::test_a_clip_path_that_is_no_file_says_what_it_is[a-folder-named-wav] | lib.predict._not_a_clip; lib.audio.load_audio |
+| a FIFO reported as 'not found' | ...[a-fifo] | lib.predict._not_a_clip; lib.audio.load_audio |
+| stereo that cancels to silence reported as 'all-silent (peak 0)' | test_reliability::test_stereo_that_cancels_to_silence_is_named_as_such | lib.audio.load_audio |
+| samples at 3e38: 'p_speech has 1 NaN values', no clip named, after all the work | test_reliability::test_a_clip_that_a_system_cannot_score_is_named_at_once | lib.predict (per batch; one clip at a time when a system raises) |
+| `--batch-size 0` | test_reliability::test_predict_batch_size_must_be_positive | lib.__main__._positive_int; lib.predict |
+| `--set seed=abc` failed only in chapter 03 | test_reliability::test_every_parameter_is_type_checked_at_start_up[seed=abc] | lib.config.check_type (resolve, every profile) |
+| `--set bank_seed=1.5` silently 1 | ...[bank_seed=1.5] | lib.config.check_type |
+| `--set bandlimit_augment=maybe` silently True | ...[bandlimit_augment=maybe] | lib.config.check_type |
+| list items of the wrong type; a value that is not YAML | ...[snrs_db=[0, loud]], ...[prompt=[] | lib.config.check_type, parse_override |
+| a truncated status.json made a run impossible to resume | test_reliability::test_a_damaged_params_or_status_file_is_named_not_a_traceback; test_reliability::test_a_partial_chapters_run_never_marks_an_unfinished_run_complete (resumes it) | lib.book.read_status ('damaged'), run_book |
+| an empty params.yaml (status, rerun: tracebacks) | test_reliability::test_a_damaged_params_or_status_file_is_named_not_a_traceback | lib.book.read_params; lib.__main__ (status, rerun) |
+| `predict` on a manifest without a label column | test_reliability::test_predict_scores_unlabelled_clips | lib.predict.read_clip_manifest; lib.results.predictions_frame(allow_unlabelled) |
+| `--on-error skip|stop` for unreadable clips | test_reliability::test_on_error_skip_writes_the_rest_and_lists_the_failures | lib.predict.predict_report |
+| out-of-range float audio (x1000) warned, naming the clip | test_reliability::test_out_of_range_float_audio_gets_a_warning_naming_the_clip | lib.predict._load_clip |
+| fitted baselines saved as pickles ran code when loaded | test_reliability::test_fitted_baselines_are_saved_in_a_format_that_cannot_run_code | lib.baselines.save_fitted_state / load_fitted_state (skops, trusted types, sha256; pickles refused) |
+| a system.yaml `file:` outside its system folder | test_reliability::test_a_system_yaml_file_outside_its_folder_is_refused | lib.systems.system_file |
 """
 from __future__ import annotations
 
@@ -172,8 +227,8 @@ def _user_manifest(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("bad,expect", [
-    (np.zeros(1600, np.float32), r"row 3: clip .*b\.wav is all-silent.*normalization='none'"),
-    (_with(np.inf), r"row 3: audio file .*b\.wav has 1 NaN or infinite"),
+    (np.zeros(1600, np.float32), r"line 3: clip .*b\.wav is all-silent.*normalization='none'"),
+    (_with(np.inf), r"line 3: audio file .*b\.wav has 1 NaN or infinite"),
 ])
 def test_predict_names_the_row_of_an_unusable_clip_and_keeps_the_old_output(tmp_path, bad, expect):
     manifest, root = _user_manifest(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "b.wav", "label": "nonspeech"}])
@@ -193,7 +248,7 @@ def test_predict_lists_missing_files_by_row_before_loading_a_system(tmp_path, mo
     manifest, root = _user_manifest(tmp_path, [{"path": f"{c}.wav", "label": "speech"} for c in "abc"])
     _write(root / "b.wav", _tone())
     monkeypatch.setattr(systems, "load_system", lambda *a, **k: pytest.fail("a system was loaded for a broken manifest"))
-    with pytest.raises(FileNotFoundError, match=r"2 audio file\(s\) not found .*row 2 \('a\.wav'\), row 4 \('c\.wav'\); fix the paths"):
+    with pytest.raises(FileNotFoundError, match=r"2 audio file\(s\) not usable .*line 2 \('a\.wav': not found\), line 4 \('c\.wav': not found\); fix the paths"):
         predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
     # the command line says the same and exits 2
@@ -240,7 +295,7 @@ def test_paths_escaping_the_root_are_refused_before_any_read(tmp_path, monkeypat
     with pytest.raises(data.ManifestError, match=r"bank manifest .*(outside the audio root|must be a path relative)"):
         data.load_bank(m)
     manifest, _ = _user_manifest(tmp_path, [{"path": "audio/ok.wav", "label": "speech"}, {"path": bad, "label": "speech"}])
-    with pytest.raises(ValueError, match=r"row 3: path .* points outside the audio root .*; refused"):
+    with pytest.raises(ValueError, match=r"line 3: path .* points outside the audio root .*; refused"):
         predict.predict_manifest("webrtc", manifest, bank, tmp_path / "out.csv")
     assert reads == [], f"files were read although the manifest was refused: {reads}"
     assert not (tmp_path / "out.csv").exists()
@@ -376,7 +431,7 @@ def test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes(tmp_path
     deadline = time.monotonic() + 120
     try:
         # aim at the middle of a write: its temporary file exists and has begun to fill
-        while not _filling(run, ".predictions.csv.*.tmp.csv"):
+        while not _filling(run, ".predictions.csv.speechbook-*.tmp.csv"):
             assert proc.poll() is None, "the runner ended before it could be killed"
             assert time.monotonic() < deadline, "chapter 02 never started writing"
             time.sleep(0.01)
@@ -643,16 +698,19 @@ def test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored(tmp_p
     (run / "predictions.csv").write_text("good")
     # what a SIGKILL mid-write leaves: a temporary file, a temporary folder, and (between atomic_dir's two
     # renames) a last good folder moved aside with nothing in its place
-    (run / ".predictions.csv.abcd1234.tmp.csv").write_text("ha")
-    (run / "training" / "s" / "checkpoints" / ".step-0000003.x1y2z3_4.tmp").mkdir()
-    (run / "systems" / ".adapter.old.4242").mkdir(parents=True)
-    (run / "systems" / ".adapter.old.4242" / "adapter_model.safetensors").write_text("last good adapter")
+    (run / ".predictions.csv.speechbook-abcd1234.tmp.csv").write_text("ha")
+    (run / "training" / "s" / "checkpoints" / ".step-0000003.speechbook-x1y2z3_4.tmp").mkdir()
+    (run / "systems" / ".adapter.old.speechbook-4242").mkdir(parents=True)
+    (run / "systems" / ".adapter.old.speechbook-4242" / "adapter_model.safetensors").write_text("last good adapter")
     (run / ".02_training.running.ipynb").write_text("{}")  # papermill's partial copy: replaced by the next run
     cleared = io.clear_leftovers(run)
     assert len(cleared) == 3
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
         ".02_training.running.ipynb", "predictions.csv", "systems", "systems/adapter", "systems/adapter/adapter_model.safetensors",
         "training", "training/s", "training/s/checkpoints", "training/s/checkpoints/step-0000002"]
+    # the writers really use that marker
+    with io.atomic_path(run / "x.csv") as tmp:
+        assert io.is_leftover(tmp.name) and tmp.name.startswith(".x.csv.speechbook-")
     assert (run / "predictions.csv").read_text() == "good"
     assert (run / "systems" / "adapter" / "adapter_model.safetensors").read_text() == "last good adapter"
 
@@ -730,3 +788,584 @@ def test_clips_shorter_than_one_audio_token_are_padded_so_the_model_hears_them()
     clip = np.arange(100, dtype=np.float32)
     padded = M.pad_to_min_audio(clip)
     assert len(padded) == M.MIN_AUDIO_SAMPLES and np.array_equal(padded[:100], clip) and not padded[100:].any()
+
+
+# ======================================================= 6. round 2 (issue 15): a hostile user's cases
+
+def _clips(tmp_path: Path, rows: list[dict] | None = None) -> tuple[Path, Path]:
+    """A user's manifest of two good clips (a.wav, b.wav) under tmp_path/clips."""
+    manifest, root = _user_manifest(tmp_path, rows or [{"path": "a.wav", "label": "speech"}, {"path": "b.wav", "label": "nonspeech"}])
+    _write(root / "a.wav", _tone())
+    _write(root / "b.wav", _tone(amp=0.1))
+    return manifest, root
+
+
+def _no_system(monkeypatch) -> None:
+    """Fail the test if predict gets as far as loading a system (the check must come before any work)."""
+    from lib import systems
+
+    monkeypatch.setattr(systems, "load_system", lambda *a, **k: pytest.fail("a system was loaded although the command was refused"))
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _link(path: Path, to: Path) -> Path:
+    path.symlink_to(to)
+    return path
+
+
+# case -> (make the --out path from (tmp_path, manifest), what the message says)
+BAD_OUT = {
+    "the-manifest-itself": (lambda d, m: m, r"is an input of this command"),
+    "a-clip": (lambda d, m: d / "clips" / "a.wav", r"must end in \.csv|is an input"),
+    "a-folder": (lambda d, m: (d / "outdir.csv").mkdir() or d / "outdir.csv", r"is a folder"),
+    "a-character-device": (lambda d, m: _link(d / "null.csv", Path("/dev/null")), r"not a regular file"),
+    "a-fifo": (lambda d, m: _fifo(d / "pipe.csv"), r"not a regular file"),
+    "a-link-to-the-manifest": (lambda d, m: _link(d / "alias.csv", m), r"is an input of this command"),
+    "a-parquet-name": (lambda d, m: d / "out.parquet", r"must end in \.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUT))
+def test_predict_refuses_an_out_that_would_destroy_something_before_any_work(tmp_path, monkeypatch, case):
+    manifest, root = _clips(tmp_path)
+    before = {p: p.read_bytes() for p in (manifest, root / "a.wav", root / "b.wav")}
+    make, expect = BAD_OUT[case]
+    out = make(tmp_path, manifest)
+    _no_system(monkeypatch)
+    with pytest.raises(ValueError, match=expect):
+        predict.predict_manifest("webrtc", manifest, root, out)
+    assert {p: p.read_bytes() for p in before} == before  # no input lost
+    if out.is_symlink():
+        assert out.is_symlink()  # still a link
+
+
+def test_predict_checks_that_it_can_write_before_scoring(tmp_path, monkeypatch):
+    manifest, root = _clips(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = predict.tempfile.mkstemp
+
+    def no_write(*a, dir=None, **k):  # a read-only mount or a folder without write permission (as root, chmod is not enough)
+        if Path(dir) == locked:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(predict.tempfile, "mkstemp", no_write)
+    _no_system(monkeypatch)
+    with pytest.raises(ValueError, match=r"cannot write in .*locked \(Permission denied\); pick a folder you can write to"):
+        predict.predict_manifest("webrtc", manifest, root, locked / "out.csv")
+
+
+def test_a_replaced_output_keeps_its_permissions_and_a_link_stays_a_link(tmp_path):
+    manifest, root = _clips(tmp_path)
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    predict.predict_manifest("webrtc", manifest, root, out)
+    assert (out.stat().st_mode & 0o777) == 0o640 and len(pd.read_csv(out)) == 2
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = _link(tmp_path / "link.csv", real)
+    predict.predict_manifest("webrtc", manifest, root, link)
+    assert link.is_symlink() and len(pd.read_csv(real)) == 2
+
+
+@pytest.mark.parametrize("run_id", ["../../../x", "/abs/path", ".", "..", "a/b", ".hidden"])
+def test_run_ids_that_leave_their_folder_are_refused(tmp_path, run_id, capsys):
+    with pytest.raises(config.ConfigError, match=r"run id .* is not a valid name"):
+        results.run_dir_for("cpu", run_id, tmp_path / "results")
+    from lib.__main__ import main
+
+    assert main(["book", "--run-id", run_id, "--results-dir", str(tmp_path / "results"), "--notebooks-dir", str(tmp_path)]) == 2
+    assert "is not a valid name" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing made anywhere
+
+
+def test_profile_names_that_leave_the_profiles_folder_are_refused(tmp_path):
+    for name in ("../profiles/ci", "/etc/passwd", "ci/../cpu"):
+        with pytest.raises(config.ConfigError, match=r"unknown profile"):
+            config.resolve(name)
+        with pytest.raises(config.ConfigError):
+            results.run_dir_for(name, "book", tmp_path)
+
+
+def test_the_clean_up_removes_only_names_the_atomic_writer_made(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".thesis.tex.swpfile1.tmp").write_text("a user's swap file")
+    (run / ".backup.old.2023").mkdir()
+    (run / ".backup.old.2023" / "notes.txt").write_text("a user's backup")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / ".x.csv.speechbook-abcd1234.tmp.csv").write_text("not ours to clear: outside the run")
+    (run / "link").symlink_to(outside)  # a link out of the folder is not followed
+    (run / ".p.csv.speechbook-abcd1234.tmp.csv").write_text("ours")
+    cleared = io.clear_leftovers(run)
+    assert [p.name for p in cleared] == [".p.csv.speechbook-abcd1234.tmp.csv"]
+    assert (run / ".thesis.tex.swpfile1.tmp").exists() and (run / ".backup.old.2023" / "notes.txt").exists()
+    assert not (run / "backup").exists() and (outside / ".x.csv.speechbook-abcd1234.tmp.csv").exists()
+
+
+def test_a_chapters_figures_go_to_its_run_folder_and_say_which_run(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    cfg = book.setup_chapter("cpu", tmp_path / "results" / "cpu" / "r1", new_run=True, figures_dir=str(tmp_path / "figures"), log=lambda s: None)
+    assert cfg["figures_dir"] == str(tmp_path / "results" / "cpu" / "r1" / "figures")
+    assert cfg["book_figures_dir"] == str(tmp_path / "figures")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    io.save_figure(fig, Path(cfg["figures_dir"]) / "05_x")
+    plt.close(fig)
+    assert Image.open(Path(cfg["figures_dir"]) / "05_x.png").text["Source"] == "speechbook run cpu/r1"
+    assert not (tmp_path / "figures").exists()  # the project's figures/ only gets a complete whole-book run's copies
+
+
+FIGURE_CHAPTER = """
+import pathlib
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import lib.book, lib.io
+cfg = lib.book.setup_chapter(profile, run_dir, seed=seed)
+fig, ax = plt.subplots()
+ax.set_title(f"seed {cfg['seed']}")
+lib.io.save_figure(fig, pathlib.Path(cfg["figures_dir"]) / "05_metrics")
+"""
+
+
+@pytest.mark.slow
+def test_sweep_members_never_overwrite_the_main_runs_figures(tmp_path):
+    from PIL import Image
+
+    nbs, res, figs = tmp_path / "notebooks", tmp_path / "results", tmp_path / "figures"
+    nbs.mkdir()
+    _chapter(nbs, "05_evaluation", FIGURE_CHAPTER)
+    overrides = {"sweep_seeds": [], "figures_dir": str(figs)}
+    book.run_book("cpu", overrides, run_id="main", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    main_png = (figs / "05_metrics.png").read_bytes()
+    assert Image.open(figs / "05_metrics.png").text["Source"] == "speechbook run cpu/main"
+    # a sweep member (its own run, on the main run's bank) draws the same figure with another seed
+    from lib import sweep
+
+    (res / "cpu" / "main" / "bank.yaml").write_text("manifest: /nowhere/manifest.csv\nsha256: x\n")
+    sweep.run_sweep("cpu", overrides, res / "cpu" / "main", [2], ["attn"], ["05"], log=lambda s: None, notebooks_dir=nbs)
+    assert book.read_status(res / "cpu" / "main--seed2-attn")["state"] == "complete"
+    assert (figs / "05_metrics.png").read_bytes() == main_png
+    assert Image.open(res / "cpu" / "main--seed2-attn" / "figures" / "05_metrics.png").text["Source"] == "speechbook run cpu/main--seed2-attn"
+
+
+def test_long_clips_are_scored_in_windows_not_cut_at_30_s():
+    from lib import model as M
+
+    scorer = M.zero_shot_scorer("tiny", device="cpu")
+    w = scorer.window_samples
+    assert w == 30 * SR
+    rng = np.random.default_rng(0)
+    noise = (0.05 * rng.standard_normal(w)).astype(np.float32)
+    t = np.arange(w) / SR
+    voice = (0.3 * np.sin(2 * np.pi * 150 * t) * np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 2).astype(np.float32)
+    parts = [noise, voice, np.zeros(w, np.float32)]
+    alone = scorer.score(parts)
+    low, high = int(np.argmin(alone)), int(np.argmax(alone))
+    assert alone[low] < alone[high]
+    # 30 s that score low, then 30 s that score high: the second half is heard (cut at 30 s, the clip would score as
+    # its first half), and the clip's score is the maximum over its windows
+    p = scorer.score([np.concatenate([parts[low], parts[high]]), np.concatenate([parts[high], parts[low]])])
+    assert p[0] == pytest.approx(alone[high], abs=1e-6) and p[1] == pytest.approx(alone[high], abs=1e-6)
+    assert p[0] != pytest.approx(alone[low], abs=1e-6)
+    pieces, owner = M.split_long_clips([np.arange(70), np.arange(5)], 30)
+    assert [(x[0], len(x)) for x in pieces] == [(0, 30), (30, 30), (40, 30), (0, 5)] and owner.tolist() == [0, 0, 0, 1]
+
+
+def test_predict_says_how_it_scored_a_long_clip(tmp_path, monkeypatch):
+    from lib import model as M
+    from lib import systems
+
+    manifest, root = _user_manifest(tmp_path, [{"path": "long.wav", "label": "speech"}])
+    _write(root / "long.wav", np.tile(_tone(), 25 * 16))  # 40 s
+    scorer = M.zero_shot_scorer("tiny", device="cpu")
+    monkeypatch.setattr(systems, "load_system", lambda *a, **k: scorer)
+    lines: list[str] = []
+    out = predict.predict_manifest("a-lora-run", manifest, root, tmp_path / "out.csv", log=lines.append)
+    variant = pd.read_csv(out)["variant"].iloc[0]
+    assert "maximum over 30 s windows" in variant and any("longer than 30 s" in s for s in lines)
+
+
+def test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running(tmp_path, capsys):
+    from lib.__main__ import main
+
+    nbs, res = tmp_path / "notebooks", tmp_path / "results"
+    nbs.mkdir()
+    _chapter(nbs, "01_first", MARK_CHAPTER)
+    run = res / "cpu" / "busy"
+    run.mkdir(parents=True)
+    lock = book.run_lock(run)
+    lock.acquire()
+    try:  # another process holds the run (here: this one, through another lock handle)
+        code = main(["book", "--run-id", "busy", "--results-dir", str(res), "--notebooks-dir", str(nbs), "--set", "sweep_seeds=[]"])
+        assert code == 2
+        assert re.search(r"run .*busy is being executed by another process right now", capsys.readouterr().err)
+        assert not (run / "01.mark").exists()
+    finally:
+        lock.release()
+    # a status.json that says "running" with the pid of a live python process (pid reuse) but no lock: incomplete
+    io.write_json(run / "status.json", {"state": "running", "pid": os.getpid(), "chapters": {}, "params_digest": "x"})
+    assert book.read_status(run)["state"] == "incomplete"
+
+
+@pytest.mark.slow
+def test_a_partial_chapters_run_never_marks_an_unfinished_run_complete(tmp_path):
+    from lib.__main__ import main
+
+    nbs, res = tmp_path / "notebooks", tmp_path / "results"
+    nbs.mkdir()
+    _chapter(nbs, "01_first", MARK_CHAPTER)
+    _chapter(nbs, "06_statistics", MARK_CHAPTER)
+    run = res / "cpu" / "p"
+    run.mkdir(parents=True)
+    digest = book.params_digest("cpu", {})
+    # a whole-book run killed during its sweep: 01 done, the sweep running, 06 not reached
+    io.write_json(run / "status.json", {"state": "running", "pid": 999999, "params_digest": digest, "profile": "cpu",
+                                        "plan": ["01_first", "sweep", "06_statistics"],
+                                        "chapters": {"01_first": {"state": "done"}, "sweep": {"state": "running"}}})
+    book.run_book("cpu", {}, run_id="p", chapters=["01"], results_dir=res, notebooks_dir=nbs, log=lambda s: None, force=True)
+    status = book.read_status(run)
+    assert status["state"] == "incomplete" and "sweep" in status["chapters"] and "06_statistics" in status["note"]
+    assert main(["status", str(run)]) == 1
+    # a truncated status.json: the run still resumes (its chapters run again) instead of failing to parse
+    (run / "status.json").write_text('{"state": "comp')
+    assert book.read_status(run)["state"] == "damaged"
+    book.run_book("cpu", {}, run_id="p", chapters=["01", "06"], results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    assert book.read_status(run)["state"] == "complete"
+
+
+def test_continuing_a_run_on_another_corpus_is_refused(tmp_path, monkeypatch):
+    nbs, res = tmp_path / "notebooks", tmp_path / "results"
+    nbs.mkdir()
+    _chapter(nbs, "01_first", MARK_CHAPTER)
+    corpora = {}
+    for name in ("old", "new"):
+        corpora[name] = tmp_path / name
+        corpora[name].mkdir()
+        (corpora[name] / "manifest.csv").write_text(f"path,label,category\n{name}.flac,speech,speech\n")
+    monkeypatch.setenv("DATA_DIR", str(corpora["old"]))
+    run = res / "cpu" / "c"
+    run.mkdir(parents=True)
+    book.write_params(run, "cpu", {"sweep_seeds": []}, config.resolve("cpu", sweep_seeds=[]))
+    io.write_json(run / "status.json", {"state": "incomplete", "params_digest": book.params_digest("cpu", {"sweep_seeds": []}),
+                                        "chapters": {}, "plan": ["01_first"]})
+    (run / "bank.yaml").write_text("manifest: /somewhere/bank/manifest.csv\nsha256: x\n")
+    monkeypatch.setenv("DATA_DIR", str(corpora["new"]))
+    before = (run / "params.yaml").read_text()
+    with pytest.raises(config.ConfigError, match=r"was made from the corpus at .*old .*but the corpus now is .*new.*start a new run"):
+        book.run_book("cpu", {"sweep_seeds": []}, run_id="c", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    assert (run / "params.yaml").read_text() == before and not (run / "01.mark").exists()
+    with pytest.raises(config.ConfigError, match=r"was made from the corpus"):
+        book.ensure_bank({**config.resolve("cpu"), "run_dir": str(run)})
+
+
+def test_exploring_never_rewrites_a_complete_run_nor_starts_one_silently(tmp_path, monkeypatch):
+    run = tmp_path / "results" / "cpu" / "done"
+    run.mkdir(parents=True)
+    book.write_params(run, "cpu", {}, config.resolve("cpu"))
+    io.write_json(run / "status.json", {"state": "complete", "chapters": {"03_training": {"state": "done", "seconds": 61.0}}, "finished": "x"})
+    with pytest.raises(config.ConfigError, match=r"is complete: running this chapter here would rewrite .*rewrite=True"):
+        book.setup_chapter("cpu", run)
+    assert book.setup_chapter("cpu", run, rewrite=True)["run_dir"] == str(run)
+    # JupyterLab's kernel runs in notebooks/: a relative run_dir is read from the project root, and one that does not
+    # exist is refused instead of making notebooks/results/... and training there
+    monkeypatch.chdir(config.PROJECT_ROOT / "notebooks")
+    with pytest.raises(config.ConfigError, match=rf"run_dir {re.escape(str(config.PROJECT_ROOT))}/results/cpu/no-such-run does not exist"):
+        book.setup_chapter("cpu", "results/cpu/no-such-run")
+    assert not (config.PROJECT_ROOT / "notebooks" / "results").exists()
+    # run_dir=None says that it starts a new run, and how long the chapters took in the last complete run
+    said: list[str] = []
+    cfg = book.setup_chapter("cpu", None, results_root=str(tmp_path / "results"), log=said.append)
+    assert Path(cfg["run_dir"]).parent == run.parent and "NEW run" in said[0] and "03_training 61 s" in said[0]
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    """A real LoRA adapter of the tiny model, saved by peft."""
+    from peft import LoraConfig, get_peft_model
+
+    from lib import model as M
+
+    model, _ = M.load_model("tiny", device="cpu")
+    folder = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+DAMAGED_ADAPTER = {
+    "truncated-weights": ("adapter_model.safetensors", lambda b: b[: len(b) // 2], r"not a complete safetensors file"),
+    "empty-weights": ("adapter_model.safetensors", lambda b: b"", r"not a complete safetensors file"),
+    "random-weights": ("adapter_model.safetensors", lambda b: bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)),
+                       r"not a complete safetensors file"),
+    "empty-config": ("adapter_config.json", lambda b: b"", r"adapter_config\.json is not valid JSON"),
+    "invalid-config": ("adapter_config.json", lambda b: b'{"r": 2}', r"adapter_config\.json is not an adapter config"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_ADAPTER))
+def test_a_damaged_adapter_is_named_with_what_to_do(saved_adapter, tmp_path, case):
+    import shutil
+
+    from lib import model as M
+
+    name, damage, expect = DAMAGED_ADAPTER[case]
+    folder = tmp_path / "adapter"
+    shutil.copytree(saved_adapter, folder)
+    (folder / name).write_bytes(damage((folder / name).read_bytes()))
+    with pytest.raises(M.DamagedFilesError, match=expect) as err:
+        M.load_adapter(None, folder)
+    assert str(folder) in str(err.value) and "train it again" in str(err.value)
+
+
+def _energy_system(run: Path) -> Path:
+    from lib import baselines as bl
+
+    rng = np.random.default_rng(0)
+    clips = [(a * rng.standard_normal(800)).astype(np.float32) for a in [0.5] * 10 + [0.01] * 10]
+    labels = ["speech"] * 10 + ["nonspeech"] * 10
+    return bl.EnergyDetector().fit(clips, labels, clips, labels).save_to_run(run)
+
+
+@pytest.mark.parametrize("text,expect", [("", r"system\.yaml is empty"), ("kind: [energy\n", r"system\.yaml is not valid YAML"),
+                                         ("- a list\n", r"system\.yaml is not a mapping")])
+def test_a_damaged_system_yaml_is_named(tmp_path, text, expect):
+    from lib import systems
+
+    folder = _energy_system(tmp_path)
+    (folder / "system.yaml").write_text(text)
+    with pytest.raises(systems.SavedSystemError, match=expect + r".*save the system again"):
+        systems.load_system(str(tmp_path))
+
+
+def test_a_truncated_fitted_baseline_is_named(tmp_path):
+    from lib import baselines as bl
+    from lib import systems
+
+    folder = _energy_system(tmp_path)
+    model = folder / bl.MODEL_FILE
+    model.write_bytes(model.read_bytes()[:300])
+    with pytest.raises(systems.SavedSystemError, match=rf"{bl.MODEL_FILE} is damaged or was replaced.*fit it again"):
+        systems.load_system(str(tmp_path))
+    spec = yaml.safe_load((folder / "system.yaml").read_text())
+    io.write_yaml(folder / "system.yaml", {k: v for k, v in spec.items() if k != "sha256"})  # no checksum to compare
+    with pytest.raises(systems.SavedSystemError, match=r"cannot read .*model\.skops .*damaged"):
+        systems.load_system(str(tmp_path))
+
+
+class _Payload:
+    """What a crafted pickle does when loaded: run code (here, write a marker file)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_fitted_baselines_are_saved_in_a_format_that_cannot_run_code(tmp_path):
+    import pickle
+
+    from lib import baselines as bl
+    from lib import systems
+
+    folder = _energy_system(tmp_path)
+    assert (folder / bl.MODEL_FILE).read_bytes()[:2] == b"PK" and not list(folder.glob("*.joblib"))  # a skops zip, no pickle
+    assert "sha256" in yaml.safe_load((folder / "system.yaml").read_text())
+    marker = tmp_path / "marker"
+    (folder / "model.joblib").write_bytes(pickle.dumps({"estimator": _Payload(str(marker))}))
+    spec = yaml.safe_load((folder / "system.yaml").read_text())
+    io.write_yaml(folder / "system.yaml", {**spec, "file": "model.joblib", "sha256": None})
+    with pytest.raises(systems.SavedSystemError, match=r"model\.joblib is a pickle, which can run code when loaded, so it is not loaded"):
+        systems.load_system(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_a_system_yaml_file_outside_its_folder_is_refused(tmp_path):
+    from lib import systems
+
+    folder = _energy_system(tmp_path / "run")
+    (tmp_path / "elsewhere.skops").write_bytes((folder / "model.skops").read_bytes())
+    spec = yaml.safe_load((folder / "system.yaml").read_text())
+    for bad in ("../../../elsewhere.skops", str(tmp_path / "elsewhere.skops")):
+        io.write_yaml(folder / "system.yaml", {**spec, "file": bad})
+        with pytest.raises(systems.SavedSystemError, match=r"points outside the system folder .*; refused"):
+            systems.load_system(str(tmp_path / "run"))
+
+
+def test_a_half_written_base_model_says_delete_it_to_rebuild(tmp_path, monkeypatch):
+    from lib import model as M
+
+    folder = tmp_path / "tiny-qwen2-audio"
+    M.build_tiny_model(folder)
+    monkeypatch.setattr(M, "tiny_model_dir", lambda: folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    with pytest.raises(M.DamagedFilesError, match=r"tiny-qwen2-audio is damaged: model\.safetensors differs .*delete the folder to rebuild it"):
+        M.load_model("tiny", device="cpu")
+    (folder / M.BUILD_INFO).unlink()  # a model folder of one's own, half-copied: from_pretrained's error, named
+    with pytest.raises(M.DamagedFilesError, match=r"cannot load the model in .*tiny-qwen2-audio .*damaged or half-written; delete it"):
+        M.load_model(str(folder), device="cpu")
+
+
+def _loop(path: Path) -> Path:
+    path.symlink_to(path)
+    return path
+
+
+def _latin1(d: Path) -> Path:
+    (d / "m.csv").write_bytes("path,label\nCafé.wav,speech\n".encode("latin-1"))
+    return d / "m.csv"
+
+
+# case -> (make the manifest in tmp_path, the message)
+BAD_MANIFEST = {
+    "a-folder": (lambda d: (d / "m.csv").mkdir() or d / "m.csv", r"manifest .*m\.csv is a folder; --manifest needs a CSV file"),
+    "zero-bytes": (lambda d: _put(d / "m.csv", b""), r"manifest .*m\.csv is empty \(0 bytes\); it needs a header line"),
+    "ragged-row": (lambda d: _put(d / "m.csv", b"path,label\na.wav,speech\nb.wav,nonspeech,extra\n"),
+                   r"m\.csv line 3: 3 fields where the header has 2 .*must be quoted"),
+    "latin-1": (_latin1, r"m\.csv is not UTF-8 text \(line 2, byte 0xe9.*iconv -f latin1 -t utf-8"),
+    "blank-lines": (lambda d: _put(d / "m.csv", b"path,label\n\na.wav,speech\n\n\nb.wav,talk\n"), r"m\.csv line 6: unknown label 'talk'"),
+    "multi-line-field": (lambda d: _put(d / "m.csv", b'path,label,note\na.wav,speech,"two\nlines"\nb.wav,talk,x\n'),
+                         r"m\.csv line 4: unknown label 'talk'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MANIFEST))
+def test_a_bad_manifest_is_named_by_file_and_line(tmp_path, case):
+    _, root = _clips(tmp_path)
+    make, expect = BAD_MANIFEST[case]
+    with pytest.raises(ValueError, match=expect):
+        predict.read_clip_manifest(make(tmp_path), root)
+
+
+BAD_CLIP_PATH = {
+    "a-folder-named-wav": (lambda r: (r / "x.wav").mkdir(), r"line 2 \('x\.wav': a folder, not an audio file\)"),
+    "a-fifo": (lambda r: os.mkfifo(r / "x.wav"), r"line 2 \('x\.wav': not a regular file \(a FIFO, device or socket\)"),
+    "a-link-loop": (lambda r: _loop(r / "x.wav"), r"line 2: path 'x\.wav' is a symbolic link loop"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLIP_PATH))
+def test_a_clip_path_that_is_no_file_says_what_it_is(tmp_path, monkeypatch, case):
+    manifest, root = _user_manifest(tmp_path, [{"path": "x.wav", "label": "speech"}])
+    make, expect = BAD_CLIP_PATH[case]
+    make(root)
+    _no_system(monkeypatch)
+    with pytest.raises(ValueError, match=expect):
+        predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")
+
+
+def test_an_audio_root_that_is_a_link_loop_is_named(tmp_path, monkeypatch):
+    manifest, _ = _clips(tmp_path)
+    loop = _loop(tmp_path / "loop")
+    from lib.__main__ import main
+
+    _no_system(monkeypatch)
+    with pytest.raises(ValueError, match=r"audio root .*loop cannot be resolved .*symbolic link loop"):
+        predict.predict_manifest("webrtc", manifest, loop, tmp_path / "out.csv")
+    assert main(["predict", "--system", "webrtc", "--manifest", str(manifest), "--audio-root", str(loop), "--out", str(tmp_path / "o.csv")]) == 2
+
+
+def test_stereo_that_cancels_to_silence_is_named_as_such(tmp_path):
+    x = _tone()
+    path = _write(tmp_path / "inverted.wav", np.stack([x, -x], axis=1))
+    with pytest.raises(AudioError, match=r"inverted\.wav: its 2 channels cancel out when averaged to mono .*pan=mono"):
+        audio.load_audio(path)
+
+
+def test_a_clip_that_a_system_cannot_score_is_named_at_once(tmp_path):
+    manifest, root = _clips(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "huge.wav", "label": "speech"}])
+    huge = _tone()
+    huge[5] = 3e38  # finite float samples, far beyond full scale
+    _write(root / "huge.wav", huge)
+    with pytest.raises(ValueError, match=r"clips\.csv line 3: silero_vad gave no score \(p_speech nan\) for .*huge\.wav: its samples reach 3e\+38"):
+        predict.predict_manifest("silero", manifest, root, tmp_path / "out.csv")
+
+
+def test_predict_batch_size_must_be_positive(tmp_path, capsys):
+    from lib.__main__ import main
+
+    manifest, root = _clips(tmp_path)
+    with pytest.raises(SystemExit) as ex:
+        main(["predict", "--system", "webrtc", "--manifest", str(manifest), "--audio-root", str(root), "--out", str(tmp_path / "o.csv"), "--batch-size", "0"])
+    assert ex.value.code == 2 and "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--batch-size must be a whole number of at least 1"):
+        predict.predict_manifest("webrtc", manifest, root, tmp_path / "o.csv", batch_size=0)
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("seed=abc", r"parameter seed must be an integer \(the profile has 0\); got 'abc'"),
+    ("bank_seed=1.5", r"parameter bank_seed must be an integer .*got 1\.5"),
+    ("bandlimit_augment=maybe", r"parameter bandlimit_augment must be true or false .*got 'maybe'"),
+    ("snrs_db=[0, loud]", r"parameter snrs_db: list items must be number"),
+    ("prompt=[", r"override 'prompt=\[': the value is not valid YAML"),
+])
+def test_every_parameter_is_type_checked_at_start_up(tmp_path, capsys, override, expect):
+    from lib.__main__ import main
+
+    assert main(["book", "--set", override, "--run-id", "t", "--results-dir", str(tmp_path / "r")]) == 2
+    assert re.search(expect, capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+    assert config.resolve("cpu", learning_rate="1e-3")["learning_rate"] == 0.001  # YAML reads 1e-3 as text: a number is meant
+    assert config.resolve("cpu", gradient_checkpointing="layers:24")["gradient_checkpointing"] == "layers:24"
+
+
+def test_a_damaged_params_or_status_file_is_named_not_a_traceback(tmp_path, capsys):
+    from lib.__main__ import main
+
+    run = tmp_path / "results" / "cpu" / "r"
+    run.mkdir(parents=True)
+    (run / "params.yaml").write_text("")
+    io.write_json(run / "status.json", {"state": "complete", "chapters": {}})
+    with pytest.raises(config.ConfigError, match=r"params\.yaml is damaged \(empty\): the run's parameters are lost"):
+        book.read_params(run)
+    assert main(["rerun", str(run)]) == 2 and "params.yaml is damaged" in capsys.readouterr().err
+    assert main(["status", str(run)]) == 0 and "params.yaml is damaged" in capsys.readouterr().out
+    (run / "status.json").write_text('{"state": "runn')
+    assert book.read_status(run)["state"] == "damaged"
+    assert main(["status", str(run)]) == 1 and "unreadable" in capsys.readouterr().out
+
+
+def test_predict_scores_unlabelled_clips(tmp_path):
+    manifest, root = _clips(tmp_path, [{"path": "a.wav"}, {"path": "b.wav"}])
+    out = predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 2 and set(df["label"]) == {""} and set(df["pred"]) <= {"speech", "nonspeech"}
+
+
+def test_on_error_skip_writes_the_rest_and_lists_the_failures(tmp_path, capsys):
+    from lib.__main__ import main
+
+    manifest, root = _clips(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "bad.wav", "label": "speech"},
+                                       {"path": "b.wav", "label": "nonspeech"}])
+    _put(root / "bad.wav", b"not audio\n" * 50)
+    with pytest.raises(ValueError, match=r"clips\.csv line 3: cannot read .*bad\.wav"):
+        predict.predict_manifest("webrtc", manifest, root, tmp_path / "stop.csv")
+    assert not (tmp_path / "stop.csv").exists()
+    out = tmp_path / "skip.csv"
+    assert main(["predict", "--system", "webrtc", "--manifest", str(manifest), "--audio-root", str(root), "--out", str(out), "--on-error", "skip"]) == 0
+    assert pd.read_csv(out)["path"].tolist() == ["a.wav", "b.wav"]
+    err = capsys.readouterr().err
+    assert "1 of 3 clips skipped" in err and "line 3: bad.wav" in err
+
+
+def test_out_of_range_float_audio_gets_a_warning_naming_the_clip(tmp_path):
+    from lib.audio import AudioNote
+
+    manifest, root = _clips(tmp_path)
+    _write(root / "b.wav", _tone() * 1000)
+    with pytest.warns(AudioNote, match=r"clips\.csv line 3: .*b\.wav has samples up to 300, beyond full scale"):
+        predict.predict_manifest("webrtc", manifest, root, tmp_path / "out.csv")

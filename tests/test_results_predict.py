@@ -61,7 +61,7 @@ def test_clip_manifest_names_missing_columns_and_bad_labels(tmp_path):
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['path'\]"):
         predict.read_clip_manifest(m, tmp_path / "audio")
     m = _manifest(tmp_path, [{"path": "a.wav", "label": "speech"}, {"path": "b.wav", "label": "music"}])
-    with pytest.raises(ValueError, match="row 3: unknown label 'music'"):
+    with pytest.raises(ValueError, match="line 3: unknown label 'music'"):
         predict.read_clip_manifest(m, tmp_path / "audio")
     m = _manifest(tmp_path, [{"path": "a.wav", "label": "speech", "clip_id": "x"}, {"path": "b.wav", "label": "speech", "clip_id": "x"}])
     with pytest.raises(ValueError, match="duplicated clip_id"):
