@@ -160,6 +160,9 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, **par
         write_params(run_dir, profile, overrides, cfg)
     cfg["run_dir"] = str(run_dir)
     cfg["run_id"] = run_dir.name
+    from .plots import set_house_style  # every chapter's figures in the book's one style
+
+    set_house_style()
     return cfg
 
 
@@ -183,6 +186,29 @@ def ensure_bank(cfg: Mapping[str, Any], bank_manifest: str | Path | None = None)
 def smoke_label(cfg: Mapping[str, Any]) -> str:
     """The prefix every model result of the tiny model carries."""
     return "SMOKE (tiny model, not a real result): " if cfg.get("smoke") else ""
+
+
+def model_label(cfg: Mapping[str, Any]) -> str:
+    """Which model a run's numbers come from, in words: what figure captions and prose name.
+
+    Computed from the run's ``model_name_or_path`` (the locally built model of the cpu profiles is
+    named for what it is, and never for the 7B). Figures take it as an argument (``lib.plots.Source``).
+    """
+    name = str(cfg.get("model_name_or_path", ""))
+    if name == "tiny":
+        return "tiny Qwen2-Audio built by lib (random initial weights, trained here), not Qwen2-Audio-7B"
+    return name
+
+
+def figure_source(cfg: Mapping[str, Any], seeds: Any = "run", model: bool = True) -> Any:
+    """The caption of a chapter's figure (``lib.plots.Source``): the run (``<profile>/<run_id>``), the
+    model (:func:`model_label`; ``model=False`` for a figure of data or baselines only) and the seed(s):
+    ``"run"`` for the run's own seed, ``None`` for none, else a seed, a list of seeds or text."""
+    from .plots import Source
+
+    return Source(run=f"{cfg.get('profile', '?')}/{cfg['run_id']}", model=model_label(cfg) if model else None,
+                  seeds=cfg.get("seed") if isinstance(seeds, str) and seeds == "run" else seeds,
+                  smoke=bool(cfg.get("smoke")) and model)
 
 
 # --------------------------------------------------------------------------------------------------
