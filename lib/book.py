@@ -372,6 +372,9 @@ def _execute_chapter(
     params = {"profile": profile, "run_dir": str(run_dir)}
     params.update({k: v for k, v in overrides.items() if k in declared})
     partial = run_dir / f".{name}.running.ipynb"
+    # the kernel inherits this: widgets (the listening tool) print how to open them instead of a dead snapshot
+    headless_before = os.environ.get("SPEECHBOOK_HEADLESS")
+    os.environ["SPEECHBOOK_HEADLESS"] = "1"
     try:
         pm.execute_notebook(
             str(notebook), str(partial), parameters=params, kernel_name=kernel, language="python", cwd=str(PROJECT_ROOT),
@@ -389,6 +392,11 @@ def _execute_chapter(
             f"chapter {name} failed after {seconds:.1f}s in cell {err.exec_count}:\n{err.source}\n\n"
             f"{err.ename}: {err.evalue}\n(executed notebook with the traceback: {failed})"
         ) from None
+    finally:
+        if headless_before is None:
+            os.environ.pop("SPEECHBOOK_HEADLESS", None)
+        else:
+            os.environ["SPEECHBOOK_HEADLESS"] = headless_before
     os.replace(partial, run_dir / notebook.name)
     stale = run_dir / f"{name}.failed.ipynb"
     if stale.exists():

@@ -553,9 +553,9 @@ def by_axis_plot(tables: Mapping[str, pd.DataFrame], smoke: bool = False, path: 
                 ax.errorbar(x[order], est, yerr=_err(est, lo, hi), fmt="o-", color=palette[name], capsize=3, ms=5,
                             lw=1.2, label=name)
             ax.axhline(0.5, ls=":", c="grey", lw=1)
-            labels = [level_text(axis, v) for v in levels]
-            rotate = sum(len(s) for s in labels) > 28
-            ax.set_xticks(range(len(levels)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+            # long level names wrap onto two lines; many levels stand upright: tick labels never overlap
+            labels = ["\n".join(textwrap.wrap(level_text(axis, v), 9)) for v in levels]
+            ax.set_xticks(range(len(levels)), labels, rotation=90 if len(levels) > 6 else 0)
             ax.set_xlim(-0.5, len(levels) - 0.5)
             ax.set(ylim=(0.3, 1.02), xlabel="", title=axis_name(axis))
             ax.set_ylabel("balanced accuracy" if ax in grid[:, 0] else "")
