@@ -172,3 +172,28 @@ def order_by_family(df: pd.DataFrame, family: Sequence[str] | pd.Series, familie
     out = df.assign(_family=pd.Categorical(list(family), list(families), ordered=True))
     keys = ["_family"] + [c for c in then if c in out.columns]
     return out.sort_values(keys, kind="mergesort").drop(columns="_family").reset_index(drop=True)
+
+
+def metrics_summary(table: pd.DataFrame, *, balanced: bool, intervals: Sequence[str] = ("boot",),
+                    name: str | None = None, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """A ``stats.metrics_table`` as a reader sees it: one row per system, each metric with its interval in
+    one cell (``[bootstrap]`` and, if asked, ``[Wilson]``); accuracy only where the split is not
+    ``balanced`` (on a balanced split it equals balanced accuracy); AUC and Brier where present.
+    ``name``: the column that names systems (default ``name`` if present, else ``system``)."""
+    name = name or ("name" if "name" in table.columns else "system")
+    out = pd.DataFrame({"system": table[name].astype(str)}, index=table.index)
+    for col in extra:
+        out[header(col)] = table[col]
+    out["clips"] = table["n"].astype(int)
+    if "n_groups" in table.columns:
+        out["sources"] = table["n_groups"].astype(int)
+    metrics = ["balanced_accuracy"] + ([] if balanced else ["accuracy"]) + ["recall_speech", "recall_nonspeech"]
+    for m in metrics:
+        for kind in intervals:
+            if f"{m}_{kind}_lo" in table.columns:
+                out[f"{header(m)} [{'bootstrap' if kind == 'boot' else kind}]"] = with_interval(table, m, kind)
+    if "auc" in table.columns:
+        out["ROC AUC [bootstrap]"] = with_interval(table, "auc", "boot")
+    if "brier" in table.columns:
+        out["Brier score"] = table["brier"].astype(float)
+    return out.reset_index(drop=True)

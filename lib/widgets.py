@@ -504,7 +504,7 @@ class ListeningTool:
         compare = self._resolve_system(compare, systems) if compare is not None else None
         self.system_filter = w.Dropdown(options=systems, value=system, description="system A")
         self.compare_filter = w.Dropdown(options=[("(none)", None)] + [(s, s) for s in systems], value=compare,
-                                         description="compare with B")
+                                         description="compare with B", style={"description_width": "initial"})
         self.compare_mode = w.Dropdown(options=list(COMPARE_MODES.items()), value="a_wrong_b_right",
                                        description="list", disabled=compare is None)
         self.class_filter = w.Dropdown(
@@ -965,7 +965,7 @@ class ListeningTool:
         buttons = w.ToggleButtons(options=[(t, t) for t in TAGS], value=self.tags.get(row["clip_id"]) or None,
                                   tooltips=["the label and the audio agree", "hard to say, even listening",
                                             "the clip's label is wrong"],
-                                  style={"button_width": "90px"})
+                                  style={"button_width": "110px"})
         buttons.add_class("speechbook-tags")
         clip_id = str(row["clip_id"])
         buttons.observe(lambda ch: None if self._busy else self.tag(clip_id, ch["new"] or ""), names="value")
