@@ -153,12 +153,13 @@ def describe_breakdown(tables: Mapping[str, pd.DataFrame]) -> str:
         for system, part in t.groupby([c for c in SYSTEM_KEY if c in t.columns], sort=False):
             part = part.set_index(axis).loc[[v for v in levels if v in set(part[axis])]]
             name = system_label_of(part.iloc[0].to_dict() | dict(zip(SYSTEM_KEY, system)))
+            unit = {"duration_ms": " ms", "snr_db": " dB", "rt60_s": " s"}.get(axis, "")
             if numeric:
                 a, b = part.iloc[0], part.iloc[-1]
                 what = (f"from {interval_text(a['balanced_accuracy'], a['balanced_accuracy_lo'], a['balanced_accuracy_hi'])} "
-                        f"at {level_text(axis, part.index[0])} to "
+                        f"at {level_text(axis, part.index[0])}{unit} to "
                         f"{interval_text(b['balanced_accuracy'], b['balanced_accuracy_lo'], b['balanced_accuracy_hi'])} "
-                        f"at {level_text(axis, part.index[-1])}")
+                        f"at {level_text(axis, part.index[-1])}{unit}")
             else:
                 a = part.loc[part["balanced_accuracy"].idxmin()]
                 b = part.loc[part["balanced_accuracy"].idxmax()]

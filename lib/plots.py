@@ -256,7 +256,7 @@ def metrics_plot(table: pd.DataFrame, metrics: Sequence[str] = METRICS, interval
             ax.errorbar(rows[m], y, xerr=_err(rows[m], lo, hi), fmt="o", color=c, ecolor=c, elinewidth=1.5,
                         capsize=3, ms=5, zorder=3)
             ax.axvline(0.5, color="0.5", ls=":", lw=1)
-            ax.set_xlim(xmin, 1.01)
+            ax.set_xlim(xmin, 1.03)
             ax.set_title(METRIC_NAMES.get(m, m))
             ax.set_xlabel("")
         axes[0][0].set_yticks(range(len(names)), names)
@@ -538,6 +538,8 @@ def by_axis_plot(tables: Mapping[str, pd.DataFrame], smoke: bool = False, path: 
     ncol = min(col_wrap, len(axes_))
     nrow = math.ceil(len(axes_) / ncol)
     offsets = dict(zip(systems, np.linspace(-0.12, 0.12, len(systems)) if len(systems) > 1 else [0.0]))
+    lows = [t.get("balanced_accuracy_lo", t["balanced_accuracy"]).min() for t in tables.values()]
+    ymin = min(0.3, math.floor((float(np.nanmin(lows)) - 0.02) * 10) / 10) if lows else 0.3
     with house_style():
         fig, grid = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow + 0.6), sharey=True, squeeze=False)
         for ax, axis in zip(grid.flat, axes_):
@@ -557,7 +559,7 @@ def by_axis_plot(tables: Mapping[str, pd.DataFrame], smoke: bool = False, path: 
             labels = ["\n".join(textwrap.wrap(level_text(axis, v), 9)) for v in levels]
             ax.set_xticks(range(len(levels)), labels, rotation=90 if len(levels) > 6 else 0)
             ax.set_xlim(-0.5, len(levels) - 0.5)
-            ax.set(ylim=(0.3, 1.02), xlabel="", title=axis_name(axis))
+            ax.set(ylim=(max(0.0, ymin), 1.02), xlabel="", title=axis_name(axis))
             ax.set_ylabel("balanced accuracy" if ax in grid[:, 0] else "")
         for ax in list(grid.flat)[len(axes_):]:
             ax.set_visible(False)
