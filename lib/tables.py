@@ -5,7 +5,7 @@
 * headers in words (:data:`HEADERS`, else the column name without underscores), wrapped rather than
   widening the table;
 * numbers formatted by kind: counts as integers with thousands separators, p-values to 3 significant
-  digits (``<0.001`` below), differences with a sign, every other number to 3 decimals; no
+  digits (``< 0.001`` below), differences with a sign, every other number to 3 decimals; no
   ``6.149194e-02``;
 * an estimate and its interval joined into one cell by :func:`with_interval` (``0.812 [0.771, 0.850]``),
   which halves a table's width;
@@ -38,7 +38,7 @@ HEADERS = {
     "p_exact_adj": "p (exact, Holm)",
     "a_only": "only the reference right",
     "b_only": "only the other right",
-    "n_seeds": "seeds",
+    "n_seeds": "number of seeds",
     "sd": "sd",
     "psi": "discordance",
     "duration_ms": "duration (ms)",
@@ -64,10 +64,10 @@ def is_p_value(column: str) -> bool:
 
 
 def p_text(p: float) -> str:
-    """A p-value to 3 significant digits; below 0.001 as ``<0.001``."""
+    """A p-value to 3 significant digits; below 0.001 as ``< 0.001``."""
     if p is None or not np.isfinite(p):
         return ""
-    return "<0.001" if p < 0.001 else f"{p:.3g}"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"  # the space keeps HTML from reading a tag
 
 
 def interval_text(est: float, lo: float, hi: float, digits: int = 3) -> str:
@@ -144,11 +144,13 @@ def show(df: pd.DataFrame, columns: Sequence[str] | Mapping[str, str] | None = N
         if f is not None:
             fmt[c] = f
     rename = {c: names.get(c) or header(c) for c in cols}
-    if len(set(rename.values())) < len(rename):  # two columns would read alike: keep the second's own name
-        seen: set[str] = set()
-        for c in cols:
-            rename[c] = rename[c] if rename[c] not in seen else str(c)
-            seen.add(rename[c])
+    seen: set[str] = set()
+    for c in cols:  # two columns must never read alike (formats are applied by header)
+        name, k = rename[c], 2
+        while name in seen:
+            name, k = f"{rename[c]} ({k})", k + 1
+        rename[c] = name
+        seen.add(name)
     out = out.rename(columns=rename)
     styler = out.style.format({rename[c]: f for c, f in fmt.items()}, na_rep="")
     styler = styler.set_table_styles(TABLE_CSS)

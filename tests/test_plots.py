@@ -182,3 +182,22 @@ def test_the_harmless_bitsandbytes_cpu_warning_is_dropped_and_nothing_else(caplo
                     "`pip install kernels` and the kernels >= 0.11.1", "no network")
         log.warning("some other bitsandbytes problem")
     assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes problem"]
+
+
+def test_tables_show_formats_by_kind_and_keeps_headers_distinct():
+    from lib import tables
+
+    df = pd.DataFrame({"system": ["a", "b"], "n": [1200, 40], "n_seeds": [2, 3], "seeds": ["0,1", "0,1,2"],
+                       "balanced_accuracy": [0.8123456, 0.5], "p_exact": [0.0612, 0.0004], "difference": [0.012, -0.3]})
+    html = tables.show(df).to_html()
+    for text in ("1,200", "0.812", "0.0612", "< 0.001", "+0.012", "-0.300", "0,1,2", "number of seeds", "balanced accuracy",
+                 "p (exact)"):
+        assert text in html, text
+    assert "e-02" not in html and "balanced_accuracy" not in html
+    summary = tables.metrics_summary(pd.DataFrame({"system": ["a"], "n": [10], "accuracy": [0.7], "accuracy_boot_lo": [0.6],
+                                                   "accuracy_boot_hi": [0.8], "balanced_accuracy": [0.7],
+                                                   "balanced_accuracy_boot_lo": [0.6], "balanced_accuracy_boot_hi": [0.8],
+                                                   "recall_speech": [0.7], "recall_nonspeech": [0.7]}), balanced=True)
+    assert list(summary.columns) == ["system", "clips", "balanced accuracy [bootstrap]"]  # no accuracy on a balanced split
+    assert summary["balanced accuracy [bootstrap]"].iloc[0] == "0.700 [0.600, 0.800]"
+    assert tables.is_balanced(["speech", "nonspeech"]) and not tables.is_balanced(["speech", "speech", "nonspeech"])
