@@ -57,9 +57,9 @@ LEVEL_ORDER = {
     "bandlimit": ["none", "telephone", "lowpass_5500", "lowpass_4000"],
 }
 # Kelly's colours of maximum contrast (less white, black and the greys): beyond the colour-blind palette's 10.
-_MANY_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-                 "#882255", "#44AA99", "#999933", "#AA4499", "#332288", "#88CCEE", "#117733", "#DDCC77",
-                 "#661100", "#6699CC", "#AA4466", "#4477AA", "#228833", "#EE6677"]
+_MANY_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#882255",
+                 "#44AA99", "#999933", "#AA4499", "#332288", "#88CCEE", "#117733", "#661100", "#6699CC",
+                 "#AA4466", "#4477AA", "#228833", "#EE6677", "#DDCC77", "#F0E442"]  # the pale yellows last
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,10 +323,12 @@ def seed_plot(table: pd.DataFrame, metric: str = "balanced_accuracy", smoke: boo
     d = pd.DataFrame(rows)
     lo_all = np.nanmin(np.r_[d["est"].values, d["lo"].astype(float).values])
     hi_all = np.nanmax(np.r_[d["est"].values, d["hi"].astype(float).values])
-    mid, span = (lo_all + hi_all) / 2, max(min_span, (hi_all - lo_all) * 1.15)
-    xlim = (max(0.0, mid - span / 2), min(1.0, mid + span / 2))
-    if xlim[1] - xlim[0] < span:  # pushed against 0 or 1: keep the span
-        xlim = (0.0, span) if xlim[0] == 0.0 else (1.0 - span, 1.0)
+    mid, span = (lo_all + hi_all) / 2, min(1.0, max(min_span, (hi_all - lo_all) * 1.15))
+    xlim = (mid - span / 2, mid + span / 2)
+    if xlim[0] < 0.0:  # pushed against 0 or 1: keep the span inside [0, 1]
+        xlim = (0.0, span)
+    elif xlim[1] > 1.0:
+        xlim = (1.0 - span, 1.0)
     palette = system_palette(list(dict.fromkeys(d["base"])))
     with house_style():
         fig, ax = plt.subplots(figsize=(8, 0.38 * len(d) + 1.6))
@@ -399,8 +401,10 @@ def psychometric_plot(fits: Mapping[str, PsychometricFit], thresholds: Mapping[s
             ax.axhline(target, color="0.3", ls="--", lw=1)
             ax.text(levels[0], target + 0.005, f"target {target:.0%}", fontsize=8, color="0.3", va="bottom")
         ax.set_ylim(0.4, 1.02)
-        ax.set_xlabel(xlabel + ("; dashed line and band: threshold with its bootstrap interval" if thresholds else ""))
-        ax.set_ylabel("balanced accuracy (points: observed, size ~ clips)")
+        ax.set_xlabel(xlabel + ("\n(dashed line and band: a threshold and its bootstrap interval)" if thresholds else ""))
+        ax.set_ylabel("balanced accuracy")
+        handles.append(plt.Line2D([], [], ls="none", marker="o", color="0.4"))
+        labels.append("observed (size ~ clips)")
         _legend_outside(ax, title="system", handles=handles, labels=labels)
     what = f"Psychometric curves over {xlabel}" + (f", target {target:.0%}" if target else "")
     return finish(fig, what, source, path, smoke=smoke)

@@ -201,3 +201,12 @@ def test_tables_show_formats_by_kind_and_keeps_headers_distinct():
     assert list(summary.columns) == ["system", "clips", "balanced accuracy [bootstrap]"]  # no accuracy on a balanced split
     assert summary["balanced accuracy [bootstrap]"].iloc[0] == "0.700 [0.600, 0.800]"
     assert tables.is_balanced(["speech", "nonspeech"]) and not tables.is_balanced(["speech", "speech", "nonspeech"])
+
+
+@pytest.mark.parametrize("values", [[0.5, 0.5], [0.99, 1.0], [0.0, 0.02], [0.785, 0.792]])
+def test_seed_plot_shows_every_seed_whatever_the_values(values):
+    t = pd.DataFrame({"system": "ft", "variant": "", "seed": range(len(values)), "balanced_accuracy": values})
+    fig = plots.seed_plot(t)
+    lo, hi = fig.axes[0].get_xlim()
+    assert lo <= min(values) and max(values) <= hi and hi - lo >= 0.2 - 1e-9
+    plt.close(fig)

@@ -506,3 +506,29 @@ def test_opens_on_the_runs_own_fine_tuned_system(bank, tmp_path, monkeypatch):
     assert "not Qwen2-Audio-7B" in tool.widget.children[0].value
     (run / "params.yaml").write_text("resolved:\n  seed: 0\n  lora_variant: attn_mlp\n")
     assert widgets.listening_tool(run).system_filter.value == "energy"  # no such system: the first
+
+
+def test_book_runs_chapters_headless_and_restores_the_environment(tmp_path, monkeypatch):
+    """lib.book executes chapters with SPEECHBOOK_HEADLESS=1 (the kernel inherits it: the listening tool
+    then prints how to open it), and leaves the environment as it found it."""
+    import papermill as pm
+
+    from lib import book
+
+    seen = {}
+
+    def fake_execute(src, dst, **kw):
+        seen["headless"] = widgets.os.environ.get(widgets.HEADLESS_ENV)
+        Path(dst).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_execute)
+    monkeypatch.delenv(widgets.HEADLESS_ENV, raising=False)
+    nb = tmp_path / "05_x.ipynb"
+    import nbformat
+
+    nbformat.write(nbformat.v4.new_notebook(), nb)
+    run = tmp_path / "run"
+    run.mkdir()
+    book._execute_chapter(nb, run, "cpu", {}, "python3", False, {"chapters": {}}, 0.0)
+    assert seen["headless"] == "1" and widgets.HEADLESS_ENV not in widgets.os.environ
+    assert (run / nb.name).exists()
