@@ -417,8 +417,8 @@ def reliability_plot(reliability: pd.DataFrame, smoke: bool = False, path: str |
     r = _names(reliability)
     names = list(dict.fromkeys(r["name"]))
     with house_style():
-        g = sns.FacetGrid(r, col="name", col_wrap=min(col_wrap, len(names)), height=2.8, xlim=(0, 1), ylim=(0, 1),
-                          col_order=names)
+        g = sns.FacetGrid(r, col="name", col_wrap=min(col_wrap, len(names)), height=2.8, aspect=1.2, xlim=(0, 1),
+                          ylim=(0, 1), col_order=names)
         g.map_dataframe(sns.lineplot, x="mean_p", y="frac_speech", marker="o")
 
         def _extras(data: pd.DataFrame, **_: Any) -> None:
@@ -428,8 +428,9 @@ def reliability_plot(reliability: pd.DataFrame, smoke: bool = False, path: str |
                         fmt="none", ecolor="0.4", elinewidth=1)
 
         g.map_dataframe(_extras)
-        g.set_axis_labels("mean predicted p(speech) in the bin", "share of speech (Wilson 95%)")
-        g.set_titles("{col_name}")
+        g.set_axis_labels("mean p(speech) in the bin", "share of speech")
+        g.set_titles("{col_name}", size="small")
+        g.figure.supxlabel("bars: 95% Wilson interval of the share; dotted: perfect calibration", fontsize=10, y=-0.01)
     return finish(g.figure, "Calibration: reliability diagrams", source, path, smoke=smoke, grid=g)
 
 
@@ -465,7 +466,7 @@ def confidence_hist(predictions: pd.DataFrame, smoke: bool = False, path: str | 
                         col_wrap=min(col_wrap, len(names)), col_order=names, bins=bins, binrange=(0, 1), height=2.8,
                         element="step", common_norm=False, hue_order=["speech", "nonspeech"],
                         facet_kws={"sharey": False})
-        g.set_titles("{col_name}")
+        g.set_titles("{col_name}", size="small")
         g.set_axis_labels("predicted p(speech)", "clips")
         sns.move_legend(g, "upper left", bbox_to_anchor=(1.0, 0.95))
     return finish(g.figure, "Confidence: p(speech) by true class", source, path, smoke=smoke, grid=g)
