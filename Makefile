@@ -61,7 +61,7 @@ test-browser: setup
 test-all: test test-browser
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 clean-notebooks: setup
 	$(PY) -m lib clean-notebooks

@@ -246,6 +246,9 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, *, ne
     cfg["run_id"] = run_dir.name
     cfg["book_figures_dir"] = cfg["figures_dir"]
     cfg["figures_dir"] = str(run_dir / "figures")  # figures belong to the run that drew them
+    from .plots import set_house_style  # every chapter's figures in the book's one style
+
+    set_house_style()
     return cfg
 
 
@@ -284,11 +287,28 @@ def ensure_bank(cfg: Mapping[str, Any], bank_manifest: str | Path | None = None)
 
 
 def smoke_label(cfg: Mapping[str, Any]) -> str:
-    """The prefix every Qwen2-Audio result of a run carries: which model it comes from (the tiny model's are SMOKE
-    results, the mini model's are the mini model's, never the 7B's)."""
-    from .model import model_label
+    """The prefix every Qwen2-Audio result of a run carries in prose: which model it comes from (the tiny model's
+    are SMOKE results, the mini model's are the mini model's, never the 7B's)."""
+    return f"{model_label(cfg)}: "
 
-    return f"{model_label(str(cfg['model_name_or_path']))}: "
+
+def model_label(cfg: Mapping[str, Any]) -> str:
+    """Which model a run's numbers come from, in words (:func:`lib.model.model_label`): what figure captions
+    (``lib.plots.Source``), prose, metrics and predictions name; never the 7B for the tiny or mini model."""
+    from .model import model_label as label
+
+    return label(str(cfg.get("model_name_or_path", "")))
+
+
+def figure_source(cfg: Mapping[str, Any], seeds: Any = "run", model: bool = True) -> Any:
+    """The caption of a chapter's figure (``lib.plots.Source``): the run (``<profile>/<run_id>``), the
+    model (:func:`model_label`; ``model=False`` for a figure of data or baselines only) and the seed(s):
+    ``"run"`` for the run's own seed, ``None`` for none, else a seed, a list of seeds or text."""
+    from .plots import Source
+
+    return Source(run=f"{cfg.get('profile', '?')}/{cfg['run_id']}", model=model_label(cfg) if model else None,
+                  seeds=cfg.get("seed") if isinstance(seeds, str) and seeds == "run" else seeds,
+                  smoke=bool(cfg.get("smoke")) and model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,8 +574,11 @@ def _execute_chapter(
     params = {"profile": profile, "run_dir": str(run_dir)}
     params.update({k: v for k, v in overrides.items() if k in declared})
     partial = run_dir / f".{name}.running.ipynb"
-    before = os.environ.get(RUNNER_ENV)
-    os.environ[RUNNER_ENV] = str(run_dir)  # the kernel inherits it: this run folder is written by its runner
+    # the kernel inherits these: this run folder is written by its runner; widgets (the listening tool) print
+    # how to open them instead of a dead snapshot
+    env = {RUNNER_ENV: str(run_dir), "SPEECHBOOK_HEADLESS": "1"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         pm.execute_notebook(
             str(notebook), str(partial), parameters=params, kernel_name=kernel, language="python", cwd=str(PROJECT_ROOT),
@@ -574,10 +597,11 @@ def _execute_chapter(
             f"{err.ename}: {err.evalue}\n(executed notebook with the traceback: {failed})"
         ) from None
     finally:
-        if before is None:
-            os.environ.pop(RUNNER_ENV, None)
-        else:
-            os.environ[RUNNER_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     os.replace(partial, run_dir / notebook.name)
     stale = run_dir / f"{name}.failed.ipynb"
     if stale.exists():

@@ -715,6 +715,60 @@ def apply_bandlimit(x: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown bandlimit {kind!r}; valid: {', '.join(BANDLIMITS)}")
 
 
+class ClipParts:
+    """What a listener compares a bank clip with, rendered from its manifest row and the corpus:
+
+    * ``clean``: the source's samples under the clip's window, before any degradation;
+    * ``context``: the source around the window (``context_pre`` before, ``context_post`` after, as the
+      bank recorded them), clean; ``context_window`` gives the window's (start, end) sample in it;
+    * ``noise``: the noise component as it was mixed in (at the clip's SNR, cut to the window);
+    * ``noise_recording``: for real noise, the noise recording's own samples at the offset used (before
+      scaling); None for synthetic noise;
+    * ``mixture``: the clip re-rendered (equal to the stored audio before normalization).
+
+    The corpus is read on first use (the bank's ``bank.yaml`` says which one), then kept.
+    """
+
+    def __init__(self, manifest: str | os.PathLike):
+        self.manifest = Path(manifest)
+        if self.manifest.is_dir():
+            self.manifest = self.manifest / "manifest.csv"
+        self._cache: _AudioCache | None = None
+
+    def _audio(self) -> _AudioCache:
+        if self._cache is None:
+            meta_path = self.manifest.parent / "bank.yaml"
+            if not meta_path.exists():
+                raise ManifestError(f"{meta_path} does not exist: the clean sources of this bank cannot be found "
+                                    "(a bank built by lib.data.build_bank has it)")
+            meta = yaml.safe_load(meta_path.read_text())
+            cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None, "downloads_dir": meta.get("downloads_dir") or None}
+            sources, noise, _ = load_sources(cfg)
+            self._cache = _AudioCache(pd.concat([sources, noise], ignore_index=True))
+        return self._cache
+
+    def parts(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        cache = self._audio()
+        x = cache.get(row["source_id"])
+        n = audio.n_samples(row["duration_ms"])
+        start, pre, post = int(row["source_offset"]), int(row["context_pre"]), int(row["context_post"])
+        rendered = render_clip(row, cache)
+        out: dict[str, Any] = {
+            "clean": np.asarray(x[start:start + n], dtype=np.float32),
+            "context": np.asarray(x[start - pre:start + n + post], dtype=np.float32),
+            "context_window": (pre, pre + n),
+            "noise": np.asarray(rendered["noise"], dtype=np.float32),
+            "mixture": rendered["mixture"],
+            "noise_recording": None,
+            "noise_source_id": str(row.get("noise_source_id") or ""),
+        }
+        if row["noise_type"] == "real" and row.get("noise_source_id"):
+            y = cache.get(row["noise_source_id"])
+            off = int(row["noise_offset"])
+            out["noise_recording"] = np.asarray(y[off:off + n], dtype=np.float32)
+        return out
+
+
 def regenerate(manifest: str | os.PathLike, clip_ids: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Re-render clips of a built bank from their rows (to check SNRs or reproducibility)."""
     manifest = Path(manifest)

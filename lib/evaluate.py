@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from . import data, results
-from .stats import SYSTEM_KEY, wilson_interval
+from .stats import SYSTEM_KEY, wilson_interval, wilson_intervals
 
 ZERO_SHOT = "qwen2audio-zeroshot"
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
@@ -95,18 +95,83 @@ def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot
 
 
 def breakdown(predictions: pd.DataFrame, bank: pd.DataFrame, axis: str, level: float = 0.95) -> pd.DataFrame:
-    """Per system and level of one bank axis: n, accuracy and balanced accuracy, with Wilson intervals."""
+    """Per system and level of one bank axis: n, accuracy and balanced accuracy, with Wilson intervals
+    (for balanced accuracy the Bonferroni combination of the two recalls' intervals, ``stats.wilson_intervals``)."""
     df = predictions.merge(bank[["clip_id", axis]], on="clip_id", how="left")
     rows = []
     for keys, part in df.groupby([*SYSTEM_KEY, axis], sort=True):
         correct = part["pred"].to_numpy() == part["label"].to_numpy()
         recalls = [correct[part["label"].to_numpy() == c].mean() for c in results.LABELS if (part["label"] == c).any()]
         lo, hi = wilson_interval(int(correct.sum()), len(part), level)
+        ba_lo, ba_hi = wilson_intervals(part["label"], part["pred"], level)["balanced_accuracy"] \
+            if len(recalls) == 2 else (lo, hi)
         rows.append({**dict(zip([*SYSTEM_KEY, axis], keys)), "n": len(part), "accuracy": correct.mean(),
-                     "accuracy_lo": lo, "accuracy_hi": hi, "balanced_accuracy": float(np.mean(recalls))})
+                     "accuracy_lo": lo, "accuracy_hi": hi, "balanced_accuracy": float(np.mean(recalls)),
+                     "balanced_accuracy_lo": ba_lo, "balanced_accuracy_hi": ba_hi})
     return pd.DataFrame(rows)
 
 
 def present_axes(bank: pd.DataFrame, axes: Sequence[str] = AXES) -> list[str]:
     """The degradation axes that vary in this bank (the others have one level and break nothing down)."""
     return [a for a in axes if a in bank.columns and bank[a].nunique(dropna=False) > 1]
+
+
+def breakdown_long(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The ``breakdown`` tables of several axes stacked for reading: axis and level in words (levels in
+    reading order), system, clips, balanced accuracy with its Wilson interval, as one text column."""
+    from .plots import axis_name, level_text, ordered_levels
+    from .tables import interval_text
+
+    rows = []
+    for axis, t in tables.items():
+        levels = ordered_levels(axis, t[axis].tolist())
+        for level in levels:
+            for _, r in t[t[axis] == level].iterrows():
+                rows.append({"axis": axis_name(axis), "level": level_text(axis, level),
+                             "system": system_label_of(r), "clips": int(r["n"]),
+                             "balanced accuracy [Wilson]": interval_text(r["balanced_accuracy"], r.get("balanced_accuracy_lo", np.nan),
+                                                                         r.get("balanced_accuracy_hi", np.nan))})
+    return pd.DataFrame(rows)
+
+
+def system_label_of(row: Mapping[str, Any]) -> str:
+    from .stats import system_label
+
+    return system_label(row["system"], row.get("variant", ""), row.get("seed", -1), show_seed=False)
+
+
+def describe_breakdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Markdown sentences on how balanced accuracy moves along each axis, per system: for a numeric axis
+    from its lowest to its highest level (in numeric order), for a categorical one its best and worst
+    level, each with its Wilson interval; says when the two ends' intervals overlap."""
+    from .plots import axis_name, level_text, ordered_levels
+    from .tables import interval_text
+
+    lines = []
+    for axis, t in tables.items():
+        levels = ordered_levels(axis, t[axis].tolist())
+        numeric = all(isinstance(v, (int, float, np.integer, np.floating)) for v in levels)
+        for system, part in t.groupby([c for c in SYSTEM_KEY if c in t.columns], sort=False):
+            part = part.set_index(axis).loc[[v for v in levels if v in set(part[axis])]]
+            name = system_label_of(part.iloc[0].to_dict() | dict(zip(SYSTEM_KEY, system)))
+            unit = {"duration_ms": " ms", "snr_db": " dB", "rt60_s": " s"}.get(axis, "")
+            if numeric:
+                a, b = part.iloc[0], part.iloc[-1]
+                what = (f"from {interval_text(a['balanced_accuracy'], a['balanced_accuracy_lo'], a['balanced_accuracy_hi'])} "
+                        f"at {level_text(axis, part.index[0])}{unit} to "
+                        f"{interval_text(b['balanced_accuracy'], b['balanced_accuracy_lo'], b['balanced_accuracy_hi'])} "
+                        f"at {level_text(axis, part.index[-1])}{unit}")
+            else:
+                a = part.loc[part["balanced_accuracy"].idxmin()]
+                b = part.loc[part["balanced_accuracy"].idxmax()]
+                what = (f"lowest at {level_text(axis, a.name)} "
+                        f"({interval_text(a['balanced_accuracy'], a['balanced_accuracy_lo'], a['balanced_accuracy_hi'])}), "
+                        f"highest at {level_text(axis, b.name)} "
+                        f"({interval_text(b['balanced_accuracy'], b['balanced_accuracy_lo'], b['balanced_accuracy_hi'])})")
+            if np.isclose(part["balanced_accuracy"].min(), part["balanced_accuracy"].max()):
+                lines.append(f"- `{name}`, {axis_name(axis)}: {part['balanced_accuracy'].iloc[0]:.3f} at every level.")
+                continue
+            overlap = a["balanced_accuracy_hi"] >= b["balanced_accuracy_lo"] and b["balanced_accuracy_hi"] >= a["balanced_accuracy_lo"]
+            lines.append(f"- `{name}`, {axis_name(axis)}: {what}"
+                         + ("; the two intervals overlap, so this split cannot tell these levels apart." if overlap else "."))
+    return "Balanced accuracy along each axis (95% Wilson intervals, the two classes' intervals combined):\n" + "\n".join(lines)

@@ -471,6 +471,16 @@ def category_table(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | 
     return g.sort_values(SYSTEM_KEY + ["accuracy", "n"], ascending=[True, True, True, True, False]).reset_index(drop=True)
 
 
+def hardest_categories(categories: pd.DataFrame, min_n: int = 1, top: int | None = None) -> pd.DataFrame:
+    """Rows of ``category_table`` ranked hardest first by the **upper** end of their Wilson interval: a
+    category is hard when even its optimistic accuracy is low, so three clips all wrong (upper bound
+    about 0.56) rank below thirty clips of which a third are right (upper bound about 0.51). Categories
+    with fewer than ``min_n`` clips are left out."""
+    c = categories[categories["n"] >= min_n]
+    c = c.sort_values(["wilson_hi", "accuracy", "n"], ascending=[True, True, False], kind="mergesort")
+    return (c.head(top) if top else c).reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Paired comparisons: McNemar
 # ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,11 @@ What it does, all on localhost and with bounded waits:
 4. checks that the list of misclassified clips and an ``<audio>`` player are visible (and that Chromium
    decoded the WAV: its duration is the clip's), that no widget is stuck at "Loading widget...", and
    that picking a true class in the page's dropdown re-filters the list through the kernel;
-5. saves ``test-artifacts/listening_tool.png`` (+ ``listening_tool_nonspeech.png``), and on failure
+5. presses keys (j/k move the selection without moving JupyterLab's cell selection, space plays the
+   selected clip, 3 tags it) and clicks a tag button: the tags land in the run's ``listening_tags.csv``;
+   compares with a second system (the McNemar discordant clips, both ``p_speech`` on the cards) and
+   exports the list to the run folder;
+6. saves ``test-artifacts/listening_tool.png`` (+ ``_nonspeech``, ``_keyboard_tags``, ``_compare``), and on failure
    the page, a screenshot and the server log there too; the server is always stopped.
 
 Run it with ``make test-browser`` (which first runs ``.ci/browser-setup.sh``: apt-get install chromium),
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -66,6 +71,7 @@ CLIPS = [
     ("clip_g", "nonspeech", "coughing", 100, 0.0, "white", "speech", 0.64),
 ]
 N_WRONG, N_WRONG_NONSPEECH = 5, 3
+RUN = Path("results") / "cpu" / "demo_run"
 
 
 def _require_browser() -> None:
@@ -105,9 +111,14 @@ def _write_fixture(root: Path) -> Path:
                          path=f"clips/{cid}.wav"))
     pd.DataFrame(rows).to_csv(bank_dir / "manifest.csv", index=False)
 
-    run = root / "results" / "cpu" / "demo_run"
+    run = root / RUN
     preds = pd.DataFrame([dict(run_id="demo_run", system="energy", variant="", seed=-1, clip_id=c[0], label=c[1],
                                pred=c[6], p_speech=c[7]) for c in CLIPS])
+    # a second system, right where energy is wrong except on clip_g, and wrong on clip_c
+    other = preds.assign(system="silero_vad", pred=preds["label"], p_speech=np.where(preds["label"] == "speech", 0.9, 0.1))
+    other.loc[other.clip_id == "clip_c", ["pred", "p_speech"]] = ["nonspeech", 0.3]
+    other.loc[other.clip_id == "clip_g", ["pred", "p_speech"]] = ["speech", 0.7]
+    preds = pd.concat([preds, other], ignore_index=True)
     results.write_predictions(run, preds)
     results.write_bank_pointer(run, bank_dir / "manifest.csv")
     (run / "params.yaml").write_text("run:\n  smoke: true\nbank:\n  normalization: none\n")
@@ -270,6 +281,10 @@ def test_listening_tool_in_jupyterlab_chromium():
                     page.screenshot(path=str(ARTIFACTS / "listening_tool.png"))
                     _check_refilter(page, expect)
                     page.screenshot(path=str(ARTIFACTS / "listening_tool_nonspeech.png"))
+                    _check_keyboard_and_tags(page, expect, root / RUN)
+                    page.screenshot(path=str(ARTIFACTS / "listening_tool_keyboard_tags.png"))
+                    _check_compare_and_export(page, expect, root / RUN)
+                    page.screenshot(path=str(ARTIFACTS / "listening_tool_compare.png"))
                 except Exception:
                     _save_failure(page, log_path, console if page else [])
                     raise
@@ -347,6 +362,54 @@ def _check_refilter(page, expect) -> None:
     expect(tool.locator(".speechbook-status")).to_contain_text(f"{N_WRONG_NONSPEECH} misclassified clips match")
     expect(tool.locator(".speechbook-clip")).to_have_count(3)
     expect(tool.locator(".speechbook-clip", has_text="true: SPEECH")).to_have_count(0)
+
+
+def _check_keyboard_and_tags(page, expect, run: Path) -> None:
+    """Keys move the selection and play the selected clip; 1-3 tag it, and the tag lands in the run's CSV;
+    JupyterLab's own j/k (select the next/previous cell) stay out of the tool."""
+    tool = page.locator(".speechbook-listening-tool")
+    tool.get_by_role("button", name="reset filters").click()
+    expect(tool.locator(".speechbook-status")).to_contain_text(f"{N_WRONG} misclassified clips match")
+    expect(page.locator(".speechbook-listening-tool.speechbook-keys-ready")).to_have_count(1)
+    active_js = "() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].findIndex(c => c.classList.contains('jp-mod-active'))"
+    active_cell = page.evaluate(active_js)
+    tool.locator(".speechbook-summary").click()  # focus the tool (not a dropdown)
+    page.keyboard.press("j")
+    expect(tool.locator(".speechbook-status")).to_contain_text("clip 2 selected")
+    cards = tool.locator(".speechbook-clip")
+    expect(cards.nth(1)).to_have_class(re.compile("speechbook-selected"))
+    page.keyboard.press("k")
+    expect(tool.locator(".speechbook-status")).to_contain_text("clip 1 selected")
+    assert page.evaluate(active_js) == active_cell  # k did not select the previous cell
+    page.keyboard.press(" ")
+    page.wait_for_function(
+        "() => { const a = document.querySelector('.speechbook-selected audio.speechbook-audio');"
+        " return a && (!a.paused || a.ended || a.currentTime > 0); }", timeout=20_000)
+    page.keyboard.press("3")  # tag the selected clip (clip_d) mislabeled
+    expect(tool.locator(".speechbook-message")).to_contain_text("clip_d: mislabeled")
+    cards.nth(1).get_by_role("button", name="ambiguous").click()  # a click on the second card's tag button
+    expect(tool.locator(".speechbook-message")).to_contain_text("ambiguous")
+    tags = pd.read_csv(run / "listening_tags.csv", dtype=str)
+    assert dict(zip(tags["clip_id"], tags["tag"])) == {"clip_d": "mislabeled", "clip_a": "ambiguous"}
+    expect(tool.locator(".speechbook-duration").first).to_contain_text("500 ms")
+
+
+def _check_compare_and_export(page, expect, run: Path) -> None:
+    """Compare with a second system: the McNemar discordant clips, both systems' p_speech on the cards;
+    export writes the list to the run folder."""
+    tool = page.locator(".speechbook-listening-tool")
+    select = tool.locator(".widget-dropdown", has_text="compare with B").locator("select")
+    select.select_option(label="silero_vad")
+    status = tool.locator(".speechbook-status")
+    expect(status).to_contain_text("4 clips match")
+    expect(status).to_contain_text("only A is right on 1, only B on 4")
+    first = tool.locator(".speechbook-clip").first
+    expect(first).to_contain_text("clip_d")
+    expect(first).to_contain_text("B silero_vad: p_speech = 0.100")
+    tool.get_by_role("button", name="export list").click()
+    expect(tool.locator(".speechbook-message")).to_contain_text("exported 4 clips")
+    exported = sorted((run / "listening_exports").glob("listening_*.csv"))
+    assert exported and list(pd.read_csv(exported[-1])["clip_id"]) == ["clip_d", "clip_a", "clip_e", "clip_b"]
 
 
 def _save_failure(page, log_path: Path, console: list[str]) -> None:
