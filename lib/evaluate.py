@@ -51,6 +51,35 @@ def train_run_system(cfg: Mapping[str, Any], manifest: str | Path, name: str | N
     )
 
 
+def study_recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The reduced recipe the book's ablations train every arm on (profile keys ``study_max_train_clips`` and
+    ``study_epochs``; null = the main run's), and the suffix its systems carry when it differs from the main
+    recipe. A study compares its arms with a reference of the main recipe's settings trained on the same reduced
+    recipe, never with the main system, so the comparison is like with like."""
+    clips = cfg.get("study_max_train_clips") or cfg.get("max_train_clips")
+    epochs = cfg.get("study_epochs") or cfg["epochs"]
+    reduced = clips != cfg.get("max_train_clips") or epochs != cfg["epochs"]
+    suffix = f"-study{clips or 'all'}x{epochs}" if reduced else ""
+    return {"max_train_clips": clips, "epochs": int(epochs), "suffix": suffix, "reduced": reduced}
+
+
+def train_study_system(cfg: Mapping[str, Any], manifest: str | Path, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Train one arm of a study (``overrides``: what differs from the main recipe, e.g. ``loss_masking=False``) on
+    the study recipe; reuses the arm if the run folder already holds it. Returns the training summary or
+    ``{"name": ..., "reused": True}``."""
+    recipe = study_recipe(cfg)
+    variant = overrides.get("lora_variant", cfg["lora_variant"])
+    name = system_name(variant, overrides.get("loss_masking", cfg["loss_masking"])) + recipe["suffix"]
+    if overrides.get("normalization", cfg["normalization"]) != cfg["normalization"]:
+        name += f"-{overrides['normalization']}"
+    if name in lora_systems(cfg["run_dir"]):
+        return {"name": name, "reused": True}
+    study_cfg = {**cfg, "max_train_clips": recipe["max_train_clips"], "epochs": recipe["epochs"],
+                 **{k: v for k, v in overrides.items() if k == "normalization"}}
+    return train_run_system(study_cfg, manifest, name=name, progress=progress,
+                            **{k: v for k, v in overrides.items() if k != "normalization"})
+
+
 def lora_systems(run_dir: str | Path) -> list[str]:
     """The fine-tuned systems saved in a run folder (kind lora), by name."""
     out = []

@@ -98,3 +98,44 @@ def ensure_mini_model(name: str = "mini") -> Path:
     from .model import ensure_built
 
     return ensure_built(mini_model_dir(name), MINI_VERSION, lambda path: build_mini_model(path, name), label(name))
+
+
+# ------------------------------------------------------------------------------------ the choice, on dev
+CHOICE_RUNS = {  # bench/runs file -> what was trained (bench/mini_choice.py, 1200 train clips, 3 epochs, 600 dev clips)
+    "2026-12-02_mini_choice_h128.txt": ("Whisper-tiny.en", 8.2, 128),
+    "2026-12-02_mini_choice_base.txt": ("Whisper-base", 20.6, 128),
+    "2026-12-02_mini_choice_h256.txt": ("Whisper-tiny.en", 8.2, 256),
+}
+
+
+def choice_table(runs_dir: str | Path) -> "Any":
+    """The dev results behind the choice of encoder and LM width, read from the raw benchmark outputs."""
+    import re
+
+    import pandas as pd
+
+    rows = []
+    for name, (encoder, enc_m, hidden) in CHOICE_RUNS.items():
+        text = (Path(runs_dir) / name).read_text()
+        dev = [float(b) for _, b in re.findall(r"epoch (\d+): dev accuracy [\d.]+, balanced ([\d.]+)", text)]
+        if len(dev) < 3:
+            raise ValueError(f"{name}: expected at least 3 epochs of dev results")
+        rows.append({"encoder": encoder, "encoder_params_m": enc_m, "lm_hidden": hidden,
+                     "dev_balanced_accuracy_epoch_1": dev[0], "dev_balanced_accuracy_epoch_3": dev[2]})
+    return pd.DataFrame(rows)
+
+
+def choice_text(table: "Any", chosen: str) -> str:
+    """The choice in words, from the table's numbers (dev only)."""
+    import numpy as np
+
+    acc = table["dev_balanced_accuracy_epoch_3"].to_numpy()
+    n_dev = 600
+    se = float(np.sqrt(0.84 * 0.16 / n_dev))
+    spread = acc.max() - acc.min()
+    return (f"After 3 epochs the configurations reach dev balanced accuracy {acc.min():.3f} to {acc.max():.3f}: a spread of "
+            f"{spread:.3f}, about {spread / se:.1f} standard errors of one estimate on {n_dev} dev clips ({se:.3f}). "
+            f"Nothing here separates them, so the cheapest is the book's model: the Whisper-tiny.en encoder "
+            f"({table['encoder_params_m'].min():g} M parameters against {table['encoder_params_m'].max():g} M for base, which "
+            f"costs about {table['encoder_params_m'].max() / table['encoder_params_m'].min():.1f} times as much per clip) and "
+            f"the {MINI_TEXT['hidden_size']}-wide LM. This run uses `{chosen}` ({label(chosen) if chosen in MINI_MODELS else chosen}).")
