@@ -22,7 +22,8 @@ def test_full_profile_uses_the_seed_recipe_and_real_model():
     assert cfg["learning_rate"] == pytest.approx(2e-4)
     assert cfg["epochs"] == 3
     assert cfg["micro_batch_size"] * cfg["grad_accum_steps"] == 16
-    assert cfg["smoke"] is False and config.resolve("cpu")["smoke"] is True
+    assert cfg["smoke"] is False and config.resolve("cpu")["smoke"] is False  # the mini model gives real (mini) results
+    assert config.resolve("cpu")["model_name_or_path"] == "mini"
 
 
 def test_typo_in_parameter_lists_valid_names():
