@@ -22,6 +22,7 @@ per placed event, for error analysis: kind, source, category, onset, end, SNR, s
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -129,13 +130,16 @@ def split_material(manifest: str | Path, split: str) -> tuple[pd.DataFrame, pd.D
     return src, nz
 
 
+@functools.lru_cache(maxsize=64)
 def _load(path: str, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", audio.AudioNote)
         x = audio.load_audio(path)
     a = int(round(float(start_s or 0) * SR))
     b = len(x) if end_s is None or not np.isfinite(end_s) else min(len(x), int(round(float(end_s) * SR)))
-    return np.asarray(x[a:b], dtype=np.float64)
+    y = np.asarray(x[a:b], dtype=np.float64)
+    y.setflags(write=False)  # cached: callers must not change it
+    return y
 
 
 def speech_activity(x: np.ndarray, activity_db: float, min_pause_s: float) -> list[tuple[int, int]]:
@@ -260,7 +264,7 @@ def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, sc
             if place("nonspeech", onset, n) is not None:
                 events[-1]["overlaps_speech"] = True
                 end = max(end, int(events[-1]["end_s"] * SR))
-        t = end + ms(rng.uniform(*params.pause_range_s))
+        t = -(-end // (SR // 1000)) * (SR // 1000) + ms(rng.uniform(*params.pause_range_s))
     peak = float(np.max(np.abs(scene)))
     gain = min(1.0, 0.99 / peak) if peak > 0 else 1.0  # one gain for the whole scene: every SNR stays as drawn
     info = {"scene_id": scene_id, "duration_s": n / SR, "rt60_s": rt60, "room": room, "bed": bed_name,

@@ -168,12 +168,12 @@ def _prepare_out(out: str | Path, inputs: Iterable[Path]) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder (it will hold rttm/, frames/, segments.csv)")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise ValueError(f"--out {out} is a folder that segment did not write (no {MARKER}); give a new folder, so nothing in it is overwritten")
     res = out.resolve()
     for p in inputs:
         if Path(p).resolve().is_relative_to(res):
             raise ValueError(f"--out {out} holds the input {p}; give another folder, so no input can be overwritten")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(f"--out {out} is a folder that segment did not write (no {MARKER}); give a new folder, so nothing in it is overwritten")
     return out
 
 
