@@ -210,6 +210,8 @@ def _speaker(group_id: str) -> str:
 def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, scene_id: str, seed: Sequence[int]
                  ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
     """One scene: its audio, its events (speech regions in seconds included) and its description."""
+    from scipy.signal import fftconvolve
+
     rng = np.random.default_rng(list(seed))
     n = int(round(params.duration_s * SR))
     rt60 = float(params.rt60s_s[int(rng.integers(len(params.rt60s_s)))])
@@ -232,7 +234,7 @@ def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, sc
         if onset + len(x) > limit or np.max(np.abs(x)) < audio.SILENCE_PEAK:
             return None
         snr = float(rng.uniform(*params.snr_range_db))
-        wet = np.convolve(x, h[:tail]) if rt60 > 0 else x
+        wet = fftconvolve(x, h[:tail]) if rt60 > 0 else x
         span = slice(onset, onset + len(x))
         p_bed = float(np.mean(bed[span] ** 2))
         gain = np.sqrt(p_bed * 10 ** (snr / 10) / max(float(np.mean(wet[: len(x)] ** 2)), 1e-20))
