@@ -39,7 +39,7 @@ from . import audio, io
 from .config import PROJECT_ROOT
 
 SR = audio.SR
-SCENES_VERSION = 1  # bump when rendering changes, so old scene folders are not reused
+SCENES_VERSION = 2  # bump when rendering changes, so old scene folders are not reused
 FRAME = 160  # 10 ms activity frames
 BED_DBFS = -45.0  # the bed's RMS level before the scene's final gain
 
