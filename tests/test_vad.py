@@ -90,3 +90,19 @@ def test_on_grid_takes_the_frame_with_the_nearest_centre():
     assert track.on_grid(0.05, 6).tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]  # centres .025 .075 .125 .175 .225 .275
     with pytest.raises(ValueError):
         vad.FrameTrack(np.zeros(2), hop_s=0, window_s=0.1)
+
+
+def test_silero_over_a_recording_equals_silero_over_one_clip():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([tone(700, 180), 0.02 * rng.standard_normal(SR).astype(np.float32), tone(300, 220)])[: 2 * SR + 123]
+    s = bl.SileroVAD()
+    np.testing.assert_array_equal(vad.silero_recording_probs(s, x), s.frame_probs([x])[0])
+
+
+@pytest.mark.parametrize("kind", ["silero", "firered"])
+def test_own_segment_helpers_give_seconds_within_the_recording(kind):
+    x = np.concatenate([np.zeros(SR, np.float32), tone(800, 200), np.zeros(SR, np.float32)])
+    segs = vad.own_segments(kind, x)
+    assert all(0 <= a < b <= len(x) / SR + 0.05 for a, b in segs)
+    with pytest.raises(ValueError, match="no own segment helper"):
+        vad.own_segments("webrtc", x)
