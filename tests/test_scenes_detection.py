@@ -157,3 +157,50 @@ def test_silero_recovers_speech_in_a_clean_scene_within_the_collar(corpus_bank, 
                                  recs, tmp_path / "out", "t")
     pooled, per, _ = recordings.measure(out, refs, collar_s=0.5, n_boot=50, level=0.95, seed=0)
     assert pooled["detection_error_rate"] < 0.35 and pooled["frame_auc"] > 0.9
+
+
+def test_choose_settings_finds_the_setting_that_recovers_an_ideal_detector():
+    """Frames of an ideal 'any speech in the window' detector: the min aggregation at any onset recovers the
+    reference exactly; the dev choice must find a setting with zero error, and the table is sorted."""
+    n, win, hop, frame = 12 * SR, SR, SR // 4, SR // 100
+    ref = [(2.0, 4.0), (7.0, 7.5)]
+    starts = S.window_starts(n, win, hop)
+    scores = np.array([float(any(s / SR < b and (s + win) / SR > a for a, b in ref)) for s in starts])
+    frames = {(1000, agg): {"r": S.frames_from_windows(scores, starts, win, n, frame, agg)} for agg in ("mean", "max", "min")}
+    table = recordings.choose_settings(frames, {"r": ref}, {"r": 12.0}, 10, [0.5, 0.9], [0.0], [0, 250], [0], collar_s=0.5)
+    assert len(table) == 3 * 2 * 2 and table["detection_error_rate"].is_monotonic_increasing
+    best = table.iloc[0]
+    assert best["detection_error_rate"] == 0 and best["aggregate"] in ("min", "mean")
+    assert table[table["aggregate"] == "max"]["detection_error_rate"].min() > 0  # max widens each segment by a window
+    p = recordings.params_from_row(best, 250, 10)
+    assert p.window_ms == 1000 and p.hop_ms == 250 and p.onset == best["onset"]
+    vad_params = recordings.params_from_row({"window_ms": float("nan"), "onset": 0.5, "offset": 0.3, "min_speech_ms": 0,
+                                             "min_silence_ms": 100}, 250, 10)
+    assert vad_params.offset == 0.3 and vad_params.min_silence_ms == 100
+
+
+def test_own_helper_output_is_measured_without_frames(tmp_path):
+    x = np.concatenate([np.zeros(SR, np.float32), (0.3 * np.sin(2 * np.pi * 200 * np.arange(SR) / SR)).astype(np.float32),
+                        np.zeros(SR, np.float32)])
+    from lib.audio import write_audio
+
+    write_audio(tmp_path / "r.wav", x)
+    recs = pd.DataFrame({"recording_id": ["r"], "path": [str(tmp_path / "r.wav")]})
+    out = recordings.run_own_helper("firered", recs, tmp_path / "own", "t")
+    pooled, per, frames = recordings.measure(out, {"r": [(1.0, 2.0)]}, 0.5, 20, 0.95, 0)
+    assert "frame_auc" not in pooled and frames == {} and len(per) == 1 and pooled["rtf"] > 0
+    assert list(pd.read_csv(out / "segments.csv").columns) == S.SEGMENT_COLUMNS
+
+
+def test_weighted_frame_auc_equals_sklearn_on_the_resampled_frames():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    labels = [rng.random(n) < 0.4 for n in (50, 80, 30)]
+    probs = [np.round(rng.random(len(y)) * 0.5 + 0.4 * y, 2) for y in labels]  # rounded: ties on purpose
+    auc = detection._WeightedAUC(labels, probs)
+    assert auc(np.ones(3)) == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(probs)))
+    for pick in ([0, 0, 2], [1, 1, 1], [2, 0, 1]):
+        y = np.concatenate([labels[i] for i in pick])
+        p = np.concatenate([probs[i] for i in pick])
+        assert auc(np.bincount(pick, minlength=3)) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
