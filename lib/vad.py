@@ -138,8 +138,8 @@ def own_segments(kind: str, x: np.ndarray) -> list[tuple[float, float]]:
         if _SILERO is None:
             _SILERO = SileroVAD()
         model = _SILERO.model
-        # as in SileroVAD.frame_probs: plain JIT execution on one thread (the helper's own defaults were 17 times
-        # slower on this machine: the JIT re-optimises, and two threads fight over two busy cores)
+        # as in SileroVAD.frame_probs: plain JIT execution on one thread (called as Silero's README does, the helper
+        # ran at 17 times the cost of lib.vad's frame loop on this busy 2-core machine: BENCHMARKS.md)
         with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
             torch.set_num_threads(1)
             ts = get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE)
