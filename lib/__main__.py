@@ -88,8 +88,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     )
     options = {"batch_size": args.batch_size} if args.batch_size else {}
     out = segment_recordings(args.system, args.audio, args.out, params, audio_root=args.audio_root, run_id=args.run_id,
-                             batch=args.windows_per_call, progress=not args.no_progress, **options)
+                             batch=args.windows_per_call, progress=not args.no_progress, reference=args.reference,
+                             collar_s=args.collar, **options)
     print(f"wrote {out}/segments.csv and {out}/rttm/")
+    if args.reference:
+        import json
+
+        m = json.loads((out / "metrics.json").read_text())
+        print(f"against {args.reference} (collar {args.collar:g} s): detection error rate {m['detection_error_rate']:.3f} "
+              f"[{m['detection_error_rate_lo']:.3f}, {m['detection_error_rate_hi']:.3f}] (false alarm {m['false_alarm_rate']:.3f}, "
+              f"missed {m['miss_rate']:.3f}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, frame AUC "
+              f"{m['frame_auc']:.3f}; {out}/metrics.json")
     return 0
 
 
@@ -162,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--normalization", default=None, choices=["none", "peak", "rms"], help="default: the system's own (per window)")
     sg.add_argument("--batch-size", type=int, default=None, help="the system's batch size (default: its own)")
     sg.add_argument("--windows-per-call", type=int, default=256, help="windows handed to the system per call")
+    sg.add_argument("--reference", default=None, help="RTTM file or folder of RTTM files (file id = recording id): also measure (metrics.json)")
+    sg.add_argument("--collar", type=float, default=0.5, help="with --reference: seconds around each reference boundary left out of scoring (half either side)")
     sg.add_argument("--run-id", default=None, help="run_id column of segments.csv (default: segment-<timestamp>)")
     sg.add_argument("--no-progress", action="store_true", help="no progress bar")
     sg.set_defaults(func=_cmd_segment)

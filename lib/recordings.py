@@ -33,8 +33,8 @@ VAD_SPECS = ("silero", "webrtc", "firered")
 
 # ============================================================================================ recordings
 def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tuple[float, float]]]]:
-    """Recordings and reference speech regions of a scene folder (``scenes.csv``) or of any folder holding audio
-    files with an ``.rttm`` of the same name beside each (VoxConverse's layout, e.g. after its download)."""
+    """Recordings and reference speech regions of a scene folder (``scenes.csv``) or of any folder of recordings with
+    RTTM references (an ``.rttm`` of the same name anywhere under the folder: VoxConverse's layout after its download)."""
     from .audio import AUDIO_EXTENSIONS
     from .segment import read_rttm_segments
 
@@ -46,13 +46,16 @@ def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tupl
     else:
         import soundfile as sf
 
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
-        rows = []
-        for p in files:
-            rttm = p.with_suffix(".rttm")
-            if not rttm.exists():
-                raise FileNotFoundError(f"{p} has no reference {rttm.name} beside it; every recording needs one")
-            rows.append({"recording_id": p.stem, "path": str(p), "rttm": str(rttm), "duration_s": sf.info(str(p)).duration})
+        # as lib.downloads.sources_from_rttm_folder finds them (VoxConverse's layout): audio and RTTM files anywhere
+        # under the folder, matched by file name stem = file id
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        rttms = {p.stem: p for p in folder.rglob("*.rttm")}
+        missing = [p.name for p in files if p.stem not in rttms]
+        if missing:
+            raise FileNotFoundError(f"{folder}: {len(missing)} recording(s) without an RTTM file of the same name, e.g. "
+                                    f"{missing[:3]}; every recording needs its reference")
+        rows = [{"recording_id": p.stem, "path": str(p), "rttm": str(rttms[p.stem]), "duration_s": sf.info(str(p)).duration}
+                for p in files]
         if not rows:
             raise FileNotFoundError(f"{folder} holds no scenes.csv and no audio files with .rttm references")
         recs = pd.DataFrame(rows)

@@ -30,8 +30,10 @@ window's encoding inside a longer stretch differs from the window's own, which i
 Output folder (``--out``): ``rttm/<recording_id>.rttm`` (VoxConverse's format, speaker ``speech``), ``frames/
 <recording_id>.npz`` (the frame probabilities, for ROC curves and figures), ``segments.csv`` (the **segments**
 table of DESIGN.md: ``run_id, system, variant, recording_id, start_s, end_s, p_speech_mean``), ``recordings.csv``
-(one row per recording: duration, compute seconds, real-time factor) and ``segment.yaml`` (the parameters). Every
-file is written atomically; the folder must be new or one that ``segment`` wrote before.
+(one row per recording: duration, compute seconds, real-time factor) and ``segment.yaml`` (the parameters); with
+``--reference`` (an RTTM file or a folder of them, e.g. VoxConverse's), also ``metrics.json`` and
+``metrics_by_recording.csv`` (:mod:`lib.detection`). Every file is written atomically; the folder must be new or
+one that ``segment`` wrote before.
 """
 from __future__ import annotations
 
@@ -320,6 +322,27 @@ def read_rttm_segments(path: str | Path) -> dict[str, list[tuple[float, float]]]
     return {fid: speech_regions(part) for fid, part in df.groupby("file_id", sort=False)}
 
 
+def read_references(reference: str | Path, recording_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+    """Reference speech regions of each recording from an RTTM file or a folder of them (searched recursively); a
+    recording with no line in any of them has no speech. A reference that names none of the recordings is refused."""
+    ref = Path(reference)
+    if not ref.exists():
+        raise FileNotFoundError(f"--reference {ref} does not exist: give an RTTM file or a folder of RTTM files")
+    files = sorted(ref.rglob("*.rttm")) if ref.is_dir() else [ref]
+    if not files:
+        raise FileNotFoundError(f"--reference {ref} holds no .rttm files")
+    regions: dict[str, list[tuple[float, float]]] = {}
+    for f in files:
+        for fid, segs in read_rttm_segments(f).items():
+            regions.setdefault(fid, []).extend(segs)
+    if not set(recording_ids) & set(regions):
+        raise ValueError(f"--reference {ref}: its file ids ({sorted(regions)[:5]}) name none of the recordings "
+                         f"({list(recording_ids)[:5]}); RTTM file ids must be the recordings' ids (file name stems)")
+    from .downloads import _union
+
+    return {rid: _union(regions.get(rid, [])) for rid in recording_ids}
+
+
 # ============================================================================================== one recording
 @dataclass
 class RecordingResult:
@@ -409,12 +432,20 @@ def segment_recordings(
     batch: int = 256,
     progress: bool = True,
     save_frames: bool = True,
+    reference: str | Path | None = None,
+    collar_s: float = 0.5,
+    n_boot: int = 1000,
     **options: Any,
 ) -> Path:
     """``python -m lib segment``: segment every recording of ``audio`` with ``system`` (a spec for
-    :func:`lib.systems.load_system`, or a loaded scorer) and write the output folder; returns it."""
+    :func:`lib.systems.load_system`, or a loaded scorer) and write the output folder; returns it. With
+    ``reference`` (RTTM file or folder), also measure the segments against it (:mod:`lib.detection`, pyannote.metrics,
+    ``collar_s``) into ``metrics.json`` and ``metrics_by_recording.csv``."""
     params = params or SegmentParams()
     recs = read_recordings(audio, audio_root)
+    refs = read_references(reference, recs["recording_id"].astype(str).tolist()) if reference is not None else None
+    if not np.isfinite(collar_s) or collar_s < 0:
+        raise ValueError(f"collar must be >= 0 s, got {collar_s!r}")
     out = _prepare_out(out, recs["path"])
     if isinstance(system, str):
         from .systems import load_system
@@ -461,6 +492,14 @@ def segment_recordings(
                                  "recordings": len(recs_out), "audio_s": round(total_audio, 3),
                                  "compute_s": round(total_compute, 3), "rtf": total_compute / max(total_audio, 1e-9),
                                  "finished": _dt.datetime.now().isoformat(timespec="seconds")})
+    if refs is not None:
+        from .recordings import measure
+
+        pooled, per, _ = measure(out, refs, collar_s, n_boot, 0.95, 0)
+        io.write_json(out / "metrics.json", {"system": name, "variant": variant, "collar_s": collar_s,
+                                             "reference": str(reference), "intervals": "95% bootstrap over recordings",
+                                             **pooled})
+        io.write_csv(out / "metrics_by_recording.csv", per)
     return out
 
 

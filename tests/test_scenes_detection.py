@@ -204,3 +204,16 @@ def test_weighted_frame_auc_equals_sklearn_on_the_resampled_frames():
         y = np.concatenate([labels[i] for i in pick])
         p = np.concatenate([probs[i] for i in pick])
         assert auc(np.bincount(pick, minlength=3)) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+
+
+def test_any_folder_of_recordings_with_rttm_references(tmp_path):
+    from lib.audio import write_audio
+
+    write_audio(tmp_path / "audio" / "rec1.wav", np.zeros(2 * SR, np.float32))
+    S.write_rttm(tmp_path / "rttm" / "rec1.rttm", "rec1", [(0.5, 1.0)])
+    recs, refs = recordings.recordings_of(tmp_path)
+    assert recs["recording_id"].tolist() == ["rec1"] and recs["duration_s"].iloc[0] == pytest.approx(2.0)
+    assert refs == {"rec1": [(0.5, 1.0)]}
+    write_audio(tmp_path / "audio" / "rec2.wav", np.zeros(SR, np.float32))
+    with pytest.raises(FileNotFoundError, match="rec2.wav"):
+        recordings.recordings_of(tmp_path)

@@ -303,3 +303,22 @@ def test_every_vad_segments_through_its_own_frames(spec, tmp_path):
     assert res.source == "vad-frames" and res.n_windows == 0
     assert len(res.probs) == -(-len(x) // 160) and ((res.probs >= 0) & (res.probs <= 1)).all()
     assert all(0 <= a < b <= 11.0 for a, b in res.segments_s())
+
+
+def test_segment_measures_against_rttm_references(tmp_path, capsys):
+    write_audio(tmp_path / "recs" / "a.wav", bursts(SPANS, 11.0))
+    S.write_rttm(tmp_path / "refs" / "a.rttm", "a", SPANS)
+    out = tmp_path / "out"
+    assert main(["segment", "--system", "webrtc", "--audio", str(tmp_path / "recs"), "--out", str(out), "--no-progress",
+                 "--reference", str(tmp_path / "refs"), "--collar", "0.5", "--min-speech-ms", "100"]) == 0
+    import json
+
+    m = json.loads((out / "metrics.json").read_text())
+    per = pd.read_csv(out / "metrics_by_recording.csv")
+    hyp = S.read_rttm_segments(out / "rttm" / "a.rttm").get("a", [])
+    expect = detection.rates(detection.recording_components(SPANS, hyp, 11.0, 0.5))
+    assert m["detection_error_rate"] == pytest.approx(expect["detection_error_rate"]) and m["collar_s"] == 0.5
+    assert per["recording_id"].tolist() == ["a"] and "detection error rate" in capsys.readouterr().out
+    S.write_rttm(tmp_path / "other.rttm", "zzz", SPANS)
+    with pytest.raises(ValueError, match="name none of the recordings"):
+        S.segment_recordings("webrtc", tmp_path / "recs", tmp_path / "out2", reference=tmp_path / "other.rttm")
