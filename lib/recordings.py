@@ -155,12 +155,9 @@ def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFram
     from .segment import segment_recordings
 
     out = Path(out)
-    manifest = out.parent / f".{out.name}.recordings.csv"
+    manifest = out.parent / f"{out.name}.recordings.csv"  # kept: the output's segment.yaml names it as its input
     io.write_csv(manifest, pd.DataFrame({"recording_id": recs["recording_id"], "path": recs["path"]}))
-    try:
-        return segment_recordings(system, manifest, out, params, audio_root="/", run_id=run_id, progress=progress)
-    finally:
-        manifest.unlink(missing_ok=True)
+    return segment_recordings(system, manifest, out, params, audio_root="/", run_id=run_id, progress=progress)
 
 
 def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
