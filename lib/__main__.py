@@ -4,6 +4,7 @@
   rerun    run a recorded run again from its folder alone
   status   say what a run folder holds and whether it is complete
   predict  score any clips with a system and write the predictions table
+  segment  find speech segments in whole recordings with any system (RTTM + segments table)
   clean-notebooks  strip outputs from the stored notebooks
 """
 from __future__ import annotations
@@ -88,6 +89,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .segment import SegmentParams, segment_recordings
+
+    params = SegmentParams(
+        window_ms=args.window_ms, hop_ms=args.hop_ms, frame_ms=args.frame_ms, aggregate=args.aggregate,
+        onset=args.onset, offset=args.onset if args.offset is None else args.offset, min_speech_ms=args.min_speech_ms,
+        min_silence_ms=args.min_silence_ms, normalization=args.normalization,
+    )
+    options = {"batch_size": args.batch_size} if args.batch_size else {}
+    out = segment_recordings(args.system, args.audio, args.out, params, audio_root=args.audio_root, run_id=args.run_id,
+                             batch=args.windows_per_call, progress=not args.no_progress, reference=args.reference,
+                             collar_s=args.collar, **options)
+    print(f"wrote {out}/segments.csv and {out}/rttm/")
+    if args.reference:
+        import json
+
+        m = json.loads((out / "metrics.json").read_text())
+        print(f"against {args.reference} (collar {args.collar:g} s): detection error rate {m['detection_error_rate']:.3f} "
+              f"[{m['detection_error_rate_lo']:.3f}, {m['detection_error_rate_hi']:.3f}] (false alarm {m['false_alarm_rate']:.3f}, "
+              f"missed {m['miss_rate']:.3f}), precision {m['precision']:.3f}, recall {m['recall']:.3f}, frame AUC "
+              f"{m['frame_auc']:.3f}; {out}/metrics.json")
+    return 0
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
     from .book import NOTEBOOKS_DIR, clean_notebook
 
@@ -145,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_cmd_status)
 
     pr = sub.add_parser("predict", help="score clips with a system and write the predictions table")
-    pr.add_argument("--system", required=True, help="silero | webrtc | <run folder> | <run folder>:<system name>")
+    pr.add_argument("--system", required=True, help="silero | webrtc | firered | <run folder> | <run folder>:<system name>")
     pr.add_argument("--manifest", required=True, help="CSV with at least path and label columns (clip_id optional)")
     pr.add_argument("--audio-root", required=True, help="folder the manifest's paths are relative to")
     pr.add_argument("--out", required=True, help="predictions CSV to write")
@@ -154,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--on-error", default="stop", choices=["stop", "skip"],
                     help="an unreadable or unscorable clip: stop (default; nothing written) or skip it, write the rest and list the failures")
     pr.set_defaults(func=_cmd_predict)
+
+    sg = sub.add_parser("segment", help="speech segments in whole recordings with any system: one RTTM per recording + segments.csv")
+    sg.add_argument("--system", required=True, help="silero | webrtc | firered | <run folder> | <run folder>:<system name>")
+    sg.add_argument("--audio", required=True, help="an audio file, a folder of audio files, or a CSV with a path column (recording_id optional)")
+    sg.add_argument("--out", required=True, help="a new folder (or one segment wrote before): rttm/, frames/, segments.csv, recordings.csv")
+    sg.add_argument("--audio-root", default=None, help="folder a CSV's paths are relative to (default: the CSV's folder)")
+    sg.add_argument("--window-ms", type=float, default=1000.0, help="clip window slid over the recording (not used by the VADs, which give their own frames)")
+    sg.add_argument("--hop-ms", type=float, default=250.0, help="step between windows")
+    sg.add_argument("--frame-ms", type=float, default=10.0, help="frame grid of the speech probability and of segment boundaries")
+    sg.add_argument("--aggregate", default="mean", choices=["mean", "max", "min"], help="how the windows covering a frame give its probability")
+    sg.add_argument("--onset", type=float, default=0.5, help="speech starts where the frame probability reaches this")
+    sg.add_argument("--offset", type=float, default=None, help="... and lasts while it stays at or above this (default: = onset)")
+    sg.add_argument("--min-speech-ms", type=float, default=0.0, help="drop speech segments shorter than this")
+    sg.add_argument("--min-silence-ms", type=float, default=0.0, help="fill silences shorter than this between speech segments")
+    sg.add_argument("--normalization", default=None, choices=["none", "peak", "rms"], help="default: the system's own (per window)")
+    sg.add_argument("--batch-size", type=int, default=None, help="the system's batch size (default: its own)")
+    sg.add_argument("--windows-per-call", type=int, default=256, help="windows handed to the system per call")
+    sg.add_argument("--reference", default=None, help="RTTM file or folder of RTTM files (file id = recording id): also measure (metrics.json)")
+    sg.add_argument("--collar", type=float, default=0.5, help="with --reference: seconds around each reference boundary left out of scoring (half either side)")
+    sg.add_argument("--run-id", default=None, help="run_id column of segments.csv (default: segment-<timestamp>)")
+    sg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sg.set_defaults(func=_cmd_segment)
 
     cl = sub.add_parser("clean-notebooks", help="strip outputs/execution counts from stored notebooks")
     cl.add_argument("paths", nargs="*")

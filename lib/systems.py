@@ -2,7 +2,7 @@
 
 A *system* turns a list of 16 kHz mono float32 clips into ``p_speech`` scores (higher = more speech).
 Trained systems are saved by chapters under ``<run folder>/systems/<name>/`` with a ``system.yaml``
-that says what kind it is; ``load_system`` reads it back. Built-in systems (``silero``, ``webrtc``)
+that says what kind it is; ``load_system`` reads it back. Built-in systems (``silero``, ``webrtc``, ``firered``)
 need no folder.
 
 system.yaml keys: ``kind`` (lora | energy | logmel | ensemble ...), ``name``, and whatever the kind's
@@ -38,6 +38,7 @@ LOADERS: dict[str, str] = {
 BUILTIN: dict[str, str] = {
     "silero": "lib.baselines:SileroVAD",
     "webrtc": "lib.baselines:WebRTCVAD",
+    "firered": "lib.baselines:FireRedVAD",
 }
 
 
@@ -110,7 +111,7 @@ def system_file(system_dir: str | Path, info: dict[str, Any], key: str, default:
 
 
 def load_system(spec: str, **options: Any) -> Scorer:
-    """Load ``silero``, ``webrtc``, ``<run folder>`` (if it holds one system) or ``<run folder>:<name>``."""
+    """Load ``silero``, ``webrtc``, ``firered``, ``<run folder>`` (if it holds one system) or ``<run folder>:<name>``."""
     if spec in BUILTIN:
         return _import(BUILTIN[spec])(**options)
     folder_text, _, name = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")

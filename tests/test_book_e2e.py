@@ -35,7 +35,8 @@ def test_whole_book_on_the_ci_profile(data_dir, tmp_path):
 
     preds = results.read_predictions(run)
     systems = set(preds["system"])
-    expected = {"qwen2audio-zeroshot", "qwen2audio-attn", "qwen2audio-attn-fullloss", "silero_vad", "webrtc_vad", "energy", "logmel"}
+    expected = {"qwen2audio-zeroshot", "qwen2audio-attn", "qwen2audio-attn-fullloss", "silero_vad", "webrtc_vad", "firered_vad",
+                "energy", "logmel"}
     assert expected <= systems, expected - systems
     assert any(s.endswith("+opro") for s in systems) and any(s.endswith("+template") for s in systems)
     assert {"qwen2audio-attn+vote", "qwen2audio-attn+mean"} <= systems  # the seed ensemble of chapter 06
@@ -53,3 +54,14 @@ def test_whole_book_on_the_ci_profile(data_dir, tmp_path):
     silero = table[table["system"] == "silero_vad"]["balanced_accuracy"].max()
     assert silero > 0.65, f"Silero VAD on real clips: balanced accuracy {silero}"
     assert list(figs.glob("0*_*.png")) and list(figs.glob("0*_*.pdf"))
+
+    # chapter 09: every default system segmented the test scenes through segment's engine and was measured
+    seg = pd.read_csv(run / "recordings" / "metrics.csv")
+    assert {"qwen2audio-attn", "energy", "logmel", "silero_vad", "webrtc_vad", "firered_vad"} <= set(seg["system"])
+    assert seg["detection_error_rate"].notna().all() and (seg["detection_error_rate_lo"] <= seg["detection_error_rate_hi"]).all()
+    assert {"silero_vad (own helper)", "firered_vad (own helper)"} <= set(seg["system"])
+    outputs = [d for d in (run / "recordings").iterdir() if d.is_dir()]
+    assert len(outputs) == len(seg)
+    for d in outputs:
+        assert (d / "segments.csv").exists() and list((d / "rttm").glob("*.rttm")), d
+    assert list(figs.glob("09_timeline_*.png"))

@@ -1,0 +1,271 @@
+"""Chapter 09's steps: systems over whole recordings, settings chosen on dev scenes, measured once on test scenes.
+
+* :func:`recordings_of` -- a scene folder (or any folder of recordings with ``.rttm`` files beside them) as a table
+  ``recording_id, path, duration_s`` plus the reference speech regions of each recording.
+* :func:`dev_frames` / :func:`choose_settings` -- on the dev recordings, a system's frame probabilities for every
+  window size of the grid (window scores are computed once per window size; ``mean``/``max``/``min`` aggregation
+  and every decision setting reuse them), then the decision grid (onset, hysteresis gap, minimum speech and silence)
+  scored with pyannote.metrics; the setting with the lowest pooled detection error rate on dev wins.
+* :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.segment.
+  segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
+  (:func:`lib.detection.evaluate`).
+* :func:`run_own_helper` -- Silero's and FireRedVAD's own segment helpers, default settings, for comparison.
+* :func:`event_errors` -- error analysis: which non-speech events became false alarms (share of each event, outside
+  reference speech, covered by detected speech) and which speech was missed (share of each utterance's reference
+  speech not covered), with each event's category, duration and SNR.
+* :func:`timeline_figure` -- reference above each system's frame probability and segments, for one recording.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import detection, io
+from .segment import SR, SegmentParams, binarize, frames_from_windows, load_recording, score_windows, window_starts
+
+VAD_SPECS = ("silero", "webrtc", "firered")
+
+
+# ============================================================================================ recordings
+def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tuple[float, float]]]]:
+    """Recordings and reference speech regions of a scene folder (``scenes.csv``) or of any folder of recordings with
+    RTTM references (an ``.rttm`` of the same name anywhere under the folder: VoxConverse's layout after its download)."""
+    from .audio import AUDIO_EXTENSIONS
+    from .segment import read_rttm_segments
+
+    folder = Path(folder)
+    if (folder / "scenes.csv").exists():
+        sc = pd.read_csv(folder / "scenes.csv", keep_default_na=False)
+        recs = pd.DataFrame({"recording_id": sc["recording_id"], "path": [str(folder / p) for p in sc["path"]],
+                             "rttm": [str(folder / p) for p in sc["rttm"]], "duration_s": sc["duration_s"].astype(float)})
+    else:
+        import soundfile as sf
+
+        # as lib.downloads.sources_from_rttm_folder finds them (VoxConverse's layout): audio and RTTM files anywhere
+        # under the folder, matched by file name stem = file id
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        rttms = {p.stem: p for p in folder.rglob("*.rttm")}
+        missing = [p.name for p in files if p.stem not in rttms]
+        if missing:
+            raise FileNotFoundError(f"{folder}: {len(missing)} recording(s) without an RTTM file of the same name, e.g. "
+                                    f"{missing[:3]}; every recording needs its reference")
+        rows = [{"recording_id": p.stem, "path": str(p), "rttm": str(rttms[p.stem]), "duration_s": sf.info(str(p)).duration}
+                for p in files]
+        if not rows:
+            raise FileNotFoundError(f"{folder} holds no scenes.csv and no audio files with .rttm references")
+        recs = pd.DataFrame(rows)
+    refs: dict[str, list[tuple[float, float]]] = {}
+    for r in recs.itertuples(index=False):
+        regions = read_rttm_segments(r.rttm)
+        refs[r.recording_id] = regions.get(r.recording_id, [])
+        extra = set(regions) - {r.recording_id}
+        if extra:
+            raise ValueError(f"{r.rttm} holds file id(s) {sorted(extra)} besides {r.recording_id!r}")
+    return recs, refs
+
+
+def default_systems(run_dir: str | Path, lora_variant: str = "attn") -> list[str]:
+    """The run's fine-tuned system (``qwen2audio-<variant>``, else its only LoRA system), its fitted baselines,
+    and the three VADs."""
+    import yaml
+
+    from .systems import list_systems
+
+    run_dir = Path(run_dir)
+    kinds = {n: (yaml.safe_load((run_dir / "systems" / n / "system.yaml").read_text()) or {}).get("kind")
+             for n in list_systems(run_dir)}
+    lora = [n for n, k in kinds.items() if k == "lora"]
+    main = f"qwen2audio-{lora_variant}"
+    picked = [main] if main in lora else lora[:1]
+    picked += [n for n, k in kinds.items() if k in ("energy", "logmel")]
+    return [f"{run_dir}:{n}" for n in picked] + list(VAD_SPECS)
+
+
+def is_vad(system: Any) -> bool:
+    return getattr(system, "kind", None) in VAD_SPECS
+
+
+# ============================================================================================ dev
+def dev_frames(system: Any, recs: pd.DataFrame, windows_ms: Sequence[float], hop_ms: float, frame_ms: float,
+               aggregates: Sequence[str], progress: bool = False) -> tuple[dict[tuple, dict[str, np.ndarray]], float]:
+    """Frame probabilities of every dev recording for each (window_ms, aggregate) -- or ``(None, None)`` once for a
+    VAD -- and the compute seconds spent."""
+    from .segment import frame_probabilities
+
+    audio = {r.recording_id: load_recording(r.path) for r in recs.itertuples(index=False)}
+    frame = int(round(frame_ms * SR / 1000))
+    out: dict[tuple, dict[str, np.ndarray]] = {}
+    t0 = time.perf_counter()
+    if is_vad(system):
+        params = SegmentParams(frame_ms=frame_ms, hop_ms=max(frame_ms, hop_ms), window_ms=max(frame_ms, hop_ms, 20))
+        out[(None, None)] = {rid: frame_probabilities(system, x, params)[0] for rid, x in audio.items()}
+        return out, time.perf_counter() - t0
+    mode = getattr(system, "normalization", None) or "none"
+    for w in windows_ms:
+        win, hop = int(round(w * SR / 1000)), int(round(min(hop_ms, w) * SR / 1000))
+        for rid, x in audio.items():
+            starts = window_starts(len(x), win, hop)
+            scores, _ = score_windows(system, x, starts, win, mode)
+            for agg in aggregates:
+                out.setdefault((w, agg), {})[rid] = frames_from_windows(scores, starts, min(win, len(x)), len(x), frame, agg)
+    return out, time.perf_counter() - t0
+
+
+def choose_settings(frames: Mapping[tuple, Mapping[str, np.ndarray]], refs: Mapping[str, Sequence[tuple[float, float]]],
+                    durations: Mapping[str, float], frame_ms: float, onsets: Sequence[float], offset_gaps: Sequence[float],
+                    min_speech_ms: Sequence[float], min_silence_ms: Sequence[float], collar_s: float) -> pd.DataFrame:
+    """Every decision setting on the dev frames, scored with pyannote.metrics; sorted, best (lowest pooled detection
+    error rate, ties: the simpler setting first) on top."""
+    frame_s = frame_ms / 1000
+    rows = []
+    for (w, agg), per_rec in frames.items():
+        for on, gap, msp, msil in itertools.product(onsets, offset_gaps, min_speech_ms, min_silence_ms):
+            off = max(0.0, on - gap)
+            comps = []
+            for rid, p in per_rec.items():
+                segs = binarize(p, frame_s, on, off, msp / 1000, msil / 1000)
+                hyp = [(a * frame_s, min(b * frame_s, durations[rid])) for a, b in segs]
+                comps.append(detection.recording_components(refs[rid], hyp, durations[rid], collar_s, uri=rid))
+            total = pd.DataFrame(comps)[detection.COMPONENTS].sum()
+            rows.append({"window_ms": w, "aggregate": agg, "onset": on, "offset": off, "min_speech_ms": msp,
+                         "min_silence_ms": msil, **detection.rates(total)})
+    table = pd.DataFrame(rows)
+    return table.sort_values(["detection_error_rate", "min_speech_ms", "min_silence_ms"], kind="stable").reset_index(drop=True)
+
+
+def params_from_row(row: Mapping[str, Any], hop_ms: float, frame_ms: float) -> SegmentParams:
+    w = row.get("window_ms")
+    if w is None or (isinstance(w, float) and np.isnan(w)):
+        return SegmentParams(frame_ms=frame_ms, onset=float(row["onset"]), offset=float(row["offset"]),
+                             min_speech_ms=float(row["min_speech_ms"]), min_silence_ms=float(row["min_silence_ms"]))
+    return SegmentParams(window_ms=float(w), hop_ms=min(float(hop_ms), float(w)), frame_ms=frame_ms,
+                         aggregate=str(row["aggregate"]), onset=float(row["onset"]), offset=float(row["offset"]),
+                         min_speech_ms=float(row["min_speech_ms"]), min_silence_ms=float(row["min_silence_ms"]))
+
+
+# ============================================================================================ test
+def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFrame, out: str | Path, run_id: str,
+                progress: bool = False) -> Path:
+    """The chosen setting through segment's engine on the test recordings (a manifest of their paths)."""
+    from .segment import segment_recordings
+
+    out = Path(out)
+    manifest = out.parent / f"{out.name}.recordings.csv"  # kept: the output's segment.yaml names it as its input
+    io.write_csv(manifest, pd.DataFrame({"recording_id": recs["recording_id"], "path": recs["path"]}))
+    return segment_recordings(system, manifest, out, params, audio_root="/", run_id=run_id, progress=progress)
+
+
+def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
+    """A VAD's own segment helper with its default settings (:func:`lib.vad.own_segments`) on the recordings, written
+    in segment's layout (``rttm/``, ``segments.csv``, ``recordings.csv``; no frame probabilities) so that
+    :func:`measure` reads it like any system."""
+    from .segment import SEGMENT_COLUMNS, write_rttm
+    from .vad import own_segments
+
+    out = Path(out)
+    name = f"{kind}_vad (own helper)"
+    rows, rec_rows = [], []
+    for r in recs.itertuples(index=False):
+        x = load_recording(r.path)
+        t0 = time.perf_counter()
+        segs = own_segments(kind, x)
+        seconds = time.perf_counter() - t0
+        write_rttm(out / "rttm" / f"{r.recording_id}.rttm", str(r.recording_id), segs)
+        rows += [{"run_id": run_id, "system": name, "variant": "defaults", "recording_id": r.recording_id, "start_s": a,
+                  "end_s": b, "p_speech_mean": np.nan} for a, b in segs]
+        rec_rows.append({"recording_id": r.recording_id, "path": r.path, "duration_s": len(x) / SR, "compute_s": seconds,
+                         "rtf": seconds / (len(x) / SR), "source": "own helper", "n_segments": len(segs)})
+    io.write_csv(out / "segments.csv", pd.DataFrame(rows, columns=SEGMENT_COLUMNS))
+    io.write_csv(out / "recordings.csv", pd.DataFrame(rec_rows))
+    io.write_yaml(out / "segment.yaml", {"state": "complete", "run_id": run_id, "system": name, "helper": kind})
+    return out
+
+
+def measure(out: str | Path, refs: Mapping[str, Sequence[tuple[float, float]]], collar_s: float, n_boot: int,
+            level: float, seed: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Metrics of a segment output folder against the references: pooled with intervals, per recording, and the
+    frame labels and probabilities (for ROC curves)."""
+    from .segment import read_frames, read_rttm_segments
+
+    out = Path(out)
+    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False)
+    rows, frames = [], {}
+    for r in recs.itertuples(index=False):
+        rid = str(r.recording_id)
+        hyp = read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
+        rows.append({"recording_id": rid, **detection.recording_components(refs[rid], hyp, float(r.duration_s), collar_s, uri=rid)})
+        if (out / "frames" / f"{rid}.npz").exists():  # a VAD's own helper gives segments only
+            probs, frame_s, n = read_frames(out / "frames" / f"{rid}.npz")
+            frames[rid] = (detection.frame_labels(refs[rid], len(probs), frame_s), probs)
+    per = pd.DataFrame(rows)
+    pooled = detection.evaluate(per, frames if len(frames) == len(per) else None, n_boot=n_boot, level=level, seed=seed)
+    pooled["rtf"] = float(recs["compute_s"].sum() / recs["duration_s"].sum())
+    return pooled, per, frames
+
+
+# ============================================================================================ errors
+def event_errors(events: pd.DataFrame, hyps: Mapping[str, Sequence[tuple[float, float]]],
+                 refs: Mapping[str, Sequence[tuple[float, float]]]) -> pd.DataFrame:
+    """One row per placed event: for a non-speech event the share of its span outside reference speech that the
+    system called speech (``false_alarm_share``); for an utterance the share of its reference speech it missed
+    (``missed_share``)."""
+    rows = []
+    for e in events.itertuples(index=False):
+        hyp = hyps.get(e.scene_id, [])
+        if e.kind == "speech":
+            share = 1 - detection.coverage(e.regions, hyp) if e.regions else np.nan
+            rows.append({**e._asdict(), "missed_share": share, "false_alarm_share": np.nan})
+        else:
+            outside = _subtract([(e.onset_s, e.end_s)], refs.get(e.scene_id, []))
+            share = detection.coverage(outside, hyp) if outside else np.nan
+            rows.append({**e._asdict(), "missed_share": np.nan, "false_alarm_share": share})
+    return pd.DataFrame(rows)
+
+
+def _subtract(regions: Sequence[tuple[float, float]], minus: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out = []
+    for a, b in regions:
+        pieces = [(a, b)]
+        for c, d in minus:
+            pieces = [q for x, y in pieces for q in ((x, min(y, c)), (max(x, d), y)) if q[1] - q[0] > 1e-9]
+        out += pieces
+    return out
+
+
+# ============================================================================================ figures
+def timeline_figure(recording_id: str, duration_s: float, reference: Sequence[tuple[float, float]],
+                    events: pd.DataFrame, systems: Mapping[str, tuple[np.ndarray, float, Sequence[tuple[float, float]], float]],
+                    title: str) -> Any:
+    """Reference (speech regions; non-speech events as hatched spans) above one row per system: its frame
+    probability, its onset threshold and its segments. ``systems``: name -> (probs, frame_s, segments, onset)."""
+    import matplotlib.pyplot as plt
+
+    n = len(systems) + 1
+    fig, axes = plt.subplots(n, 1, figsize=(12, 1.0 + 0.9 * n), sharex=True, gridspec_kw={"hspace": 0.15})
+    ax = axes[0]
+    for a, b in reference:
+        ax.axvspan(a, b, ymin=0.5, ymax=0.95, color="tab:green", alpha=0.8, lw=0)
+    ev = events[events["scene_id"] == recording_id]
+    for e in ev[ev["kind"] == "nonspeech"].itertuples(index=False):
+        ax.axvspan(e.onset_s, e.end_s, ymin=0.05, ymax=0.45, color="tab:orange", alpha=0.6, lw=0)
+    ax.set_yticks([0.72, 0.25], ["speech", "non-speech\nevents"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("reference", rotation=0, ha="right", va="center")
+    for ax, (name, (probs, frame_s, segs, onset)) in zip(axes[1:], systems.items()):
+        t = (np.arange(len(probs)) + 0.5) * frame_s
+        for a, b in segs:
+            ax.axvspan(a, b, color="tab:blue", alpha=0.18, lw=0)
+        ax.plot(t, probs, color="tab:blue", lw=0.8)
+        ax.axhline(onset, color="grey", lw=0.8, ls="--")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_yticks([0, 1])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    axes[-1].set_xlabel("time in the recording (s)")
+    axes[-1].set_xlim(0, duration_s)
+    fig.suptitle(title, y=1.0, fontsize=10)
+    return fig
