@@ -401,6 +401,18 @@ def answer_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def answer_is_one_token(processor, prompt: str) -> bool:
+    """True when, after this prompt's chat-templated turn, each answer (``A``, ``B``) is ONE token whose id is
+    :func:`answer_token_ids`'s: what scoring reads at the answer position is then what training teaches."""
+    tok = processor.tokenizer
+    head = tok(prompt_text(processor, prompt), add_special_tokens=False).input_ids
+    for answer, answer_id in zip(ANSWERS, answer_token_ids(tok)):
+        full = tok(prompt_text(processor, prompt) + answer_suffix(processor, prompt, answer), add_special_tokens=False).input_ids
+        if full[: len(head)] != head or len(full) <= len(head) or full[len(head)] != answer_id:
+            return False
+    return True
+
+
 def _cached(processor, key: tuple, make):
     cache = processor.__dict__.setdefault("_speechbook_cache", {})
     if key not in cache:

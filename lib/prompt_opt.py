@@ -453,6 +453,8 @@ def opro_search(scorer: PromptScorer, dev: ClipSet, optimizer: TextOptimizer, ba
             text, note = clean_candidate(raw, settings.max_chars)
             if text is None:
                 add(step, j, raw, None, STATUS_REJECTED, note)
+            elif not M.answer_is_one_token(scorer.processor, base.with_instruction(text).text):
+                add(step, j, raw, text, STATUS_REJECTED, "the answer would not be one token after this prompt")
             elif candidate_key(text) in seen:
                 prev = rows[seen[candidate_key(text)]]
                 add(step, j, raw, text, STATUS_DUPLICATE, f"same as step {prev['step']} candidate {prev['candidate']}")
