@@ -795,6 +795,7 @@ def main(argv=None) -> int:
                     help="comma list of: check, scoring, steady, training, scale (training at scale)")
     ap.add_argument("--dtypes", default="bf16,nf4")
     ap.add_argument("--paths", default="plain,book")
+    ap.add_argument("--scoring-paths", default=None, help="paths of the scoring figures (default: --paths)")
     ap.add_argument("--nf4-checkpointing", default="mlp,layers:24,layers",
                     help="gradient-checkpointing modes of the extra NF4 book recipes (lib.train.set_gradient_checkpointing)")
     ap.add_argument("--book-lora-kernels", default="fused,peft",
@@ -897,7 +898,7 @@ def main(argv=None) -> int:
                     save(res, out)
                 if "scoring" in only:
                     log(f"== scoring {dtype}")
-                    for path in paths:
+                    for path in (args.scoring_paths.split(",") if args.scoring_paths else paths):
                         res["scoring"] += scoring_figures(model, processor, sets, dtype, path, ctx)
                         save(res, out)
                 if "steady" in only:
@@ -914,8 +915,9 @@ def main(argv=None) -> int:
                     log(f"== training {dtype}")
                     warm_matplotlib()
                     rng = np.random.default_rng(0)
-                    train_paths = sets["mix"][:128]
-                    labels = list(rng.choice(["speech", "nonspeech"], 128))
+                    n_recipe = 32 if s else 128  # the seed recipe's 128 clips (a dry run: 32)
+                    train_paths = sets["mix"][:n_recipe]
+                    labels = list(rng.choice(["speech", "nonspeech"], n_recipe))
                     runs = []
                     if "plain" in paths:
                         for spec in args.plain_recipes.split(","):

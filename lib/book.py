@@ -160,7 +160,23 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, **par
         write_params(run_dir, profile, overrides, cfg)
     cfg["run_dir"] = str(run_dir)
     cfg["run_id"] = run_dir.name
+    if random_weights(cfg):
+        # a model folder with random weights (lib.architecture.save_random_model): every model number of this run
+        # tests code and cost only, and says so wherever the smoke label goes (figures included)
+        from . import plots
+
+        cfg["smoke"] = True
+        plots.SMOKE_PREFIX = RANDOM_WEIGHTS_PREFIX
     return cfg
+
+
+RANDOM_WEIGHTS_PREFIX = "RANDOM WEIGHTS (Qwen2-Audio-7B architecture, untrained)"
+
+
+def random_weights(cfg: Mapping[str, Any]) -> bool:
+    from .architecture import is_random_weights
+
+    return is_random_weights(cfg.get("model_name_or_path"))
 
 
 def ensure_bank(cfg: Mapping[str, Any], bank_manifest: str | Path | None = None) -> Path:
@@ -181,7 +197,9 @@ def ensure_bank(cfg: Mapping[str, Any], bank_manifest: str | Path | None = None)
 
 
 def smoke_label(cfg: Mapping[str, Any]) -> str:
-    """The prefix every model result of the tiny model carries."""
+    """The prefix every model result of the tiny model (or of a random-weight 7B folder) carries."""
+    if random_weights(cfg):
+        return f"{RANDOM_WEIGHTS_PREFIX}, not a real result: "
     return "SMOKE (tiny model, not a real result): " if cfg.get("smoke") else ""
 
 
@@ -313,7 +331,8 @@ def run_book(
             else:
                 _execute_chapter(step, run_dir, profile, overrides, kernel, progress_bar, status, start)
             seconds = time.monotonic() - start
-            status["chapters"][name] = {"state": "done", "seconds": round(seconds, 1)}
+            status["chapters"][name] = {"state": "done", "seconds": round(seconds, 1),
+                                        **status.pop("gpu_peaks", {}).get(name, {})}
             io.write_json(_status_path(run_dir), status)
             log(f"[{i}/{total}] {name}: done in {seconds:.1f}s")
     except (KeyboardInterrupt, SystemExit):
@@ -346,6 +365,12 @@ def _execute_chapter(
     params = {"profile": profile, "run_dir": str(run_dir)}
     params.update({k: v for k, v in overrides.items() if k in declared})
     partial = run_dir / f".{name}.running.ipynb"
+    # the chapter's kernel records its peak GPU memory here if it uses a GPU (lib.model.record_gpu_peaks)
+    from .model import GPU_PEAKS_ENV
+
+    peaks_file = run_dir / f".{name}.gpu_peaks.json"
+    peaks_file.unlink(missing_ok=True)
+    os.environ[GPU_PEAKS_ENV] = str(peaks_file)
     try:
         pm.execute_notebook(
             str(notebook), str(partial), parameters=params, kernel_name=kernel, language="python", cwd=str(PROJECT_ROOT),
@@ -363,6 +388,11 @@ def _execute_chapter(
             f"chapter {name} failed after {seconds:.1f}s in cell {err.exec_count}:\n{err.source}\n\n"
             f"{err.ename}: {err.evalue}\n(executed notebook with the traceback: {failed})"
         ) from None
+    finally:
+        os.environ.pop(GPU_PEAKS_ENV, None)
+    if peaks_file.exists():
+        status.setdefault("gpu_peaks", {})[name] = json.loads(peaks_file.read_text())
+        peaks_file.unlink()
     os.replace(partial, run_dir / notebook.name)
     stale = run_dir / f"{name}.failed.ipynb"
     if stale.exists():
