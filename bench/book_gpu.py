@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     def timed_log(line: str) -> None:
         marks.append((time.perf_counter(), line))
         log(f"[{time.strftime('%H:%M:%S')}] {line}")
+        if ": done in " in line or line.endswith("running ..."):  # keep what is known if the call is cut short
+            res["chapter_marks"] = [(round(t - marks[0][0], 1), m) for t, m in marks]
+            save()
 
     try:
         folder = Path(args.model_dir)
