@@ -988,6 +988,7 @@ def main(argv=None) -> int:
     log(markdown(res))
     log(TG.summary_line(res["verdict"]) + f"; exit code {res['exit_code']}")
     log(f"total {res['total_s']} s; results in {out}")
+    save(res, out)  # log.txt with the verdict's lines
     return res["exit_code"]
 
 
