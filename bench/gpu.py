@@ -1,8 +1,13 @@
 """GPU benchmark of the book's model path on the Qwen2-Audio-7B architecture with random weights.
 
-    python -m bench.gpu            # the full run (about 6 minutes on an H100)
-    python -m bench.gpu --quick    # fewer clips, the plain recipe for one epoch only (about 3 minutes)
+    python -m bench.gpu --only check,scoring,steady   # about 6 minutes on an H200
+    python -m bench.gpu --only training,scale          # about 7 minutes
+    python -m bench.gpu --quick    # fewer clips, the plain 2 x 8 recipe for one epoch only
     python -m bench.gpu --small --device cpu   # a dry run of every step on a reduced config, on the CPU
+
+The run judges itself: every target of :data:`bench.targets.TARGETS` is printed as met, missed or not measured
+(a part left out by ``--only``), every correctness check as passed or FAILED, and the exit status is non-zero
+on a miss (2) or a failed check (3) (``--no-targets``: misses are reported, not enforced).
 
 One run prints, side by side, for bf16 and NF4:
 
@@ -14,11 +19,16 @@ One run prints, side by side, for bf16 and NF4:
   on disk to the logits on the host (the book's loader :func:`lib.data.load_clip`, feature extraction,
   tokenization, transfers, the forward passes); ``gpu`` figures time the forward passes alone, inputs ready;
 * the seed recipe's wall time (128 clips x 3 epochs, LoRA r=16 on q,k,v,o, effective batch 16, lr 2e-4 cosine):
-  plain (HF forward with labels, micro-batch 2 x accumulation 8, padded encoder) against the book's
+  plain (HF forward with labels, padded encoder; micro-batch 2 x accumulation 8 as the seed, and 16 x 1 as the
+  book, ``--plain-recipes``) against the book's
   :func:`lib.train.train` (micro-batch 16, short encoder, frozen encoder without autograd), with
   :mod:`lib.fast_lora`'s layers and with peft's side by side (``--book-lora-kernels``), in NF4 also under the
   gradient-checkpointing modes of ``--nf4-checkpointing``; end to end from the WAV files, checkpoints included;
-* the peak GPU memory of each figure, and each figure's ratio to its bound: the larger of the FLOP floor (the
+* training at scale (``scale``): one epoch over ``--scale-clips`` (4096) new mix clips, the book's path against
+  plain 16 x 1, clips/s and the ratio to the bound;
+* the peak GPU memory of each figure, three ways: allocated by tensors, reserved by PyTorch's allocator, and in
+  use on the device as ``nvidia-smi`` reports it (sampled every 20 ms while the figure runs: what must fit a
+  card), and each figure's ratio to its bound: the larger of the FLOP floor (the
   least arithmetic the task needs, counted from the config and the clips' token counts by
   :mod:`lib.architecture`, over the bf16 matrix-product rate measured in the same run) and the byte floor (the
   weights read once per forward pass, over the copy bandwidth measured in the same run);
@@ -49,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import targets as TG
 from lib import architecture as A
 from lib import model as M
 
@@ -86,13 +97,69 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def reset_peak(device: str) -> None:
+class SmiSampler:
+    """The GPU's memory in use as ``nvidia-smi`` reports it, sampled every ``interval_ms`` by one ``nvidia-smi -lms``
+    process for the whole run (a reader thread keeps (time, MiB) pairs); :meth:`peak_gib` is the largest sample
+    in a time window. This is what a user sees and what must fit a card: PyTorch's reserved memory plus the CUDA
+    context and the libraries' own allocations."""
+
+    def __init__(self, interval_ms: int = 20):
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self.proc = None
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                          f"-lms={interval_ms}", "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except (OSError, ValueError):
+            return
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), int(line.strip())))
+            except ValueError:
+                continue
+
+    def peak_gib(self, t0: float, t1: float | None = None) -> float | None:
+        t1 = time.perf_counter() if t1 is None else t1
+        time.sleep(0.05)  # let the sample that covers t1 arrive
+        inside = [mib for t, mib in self.samples if t0 <= t <= t1 + 0.03]
+        return round(max(inside) / 1024, 2) if inside else None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+
+
+SMI: SmiSampler | None = None
+
+
+def reset_peak(device: str) -> float:
+    """Reset PyTorch's peak counters; return the start of the window for the nvidia-smi peak."""
     import torch
 
     if device.startswith("cuda"):
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter()
+
+
+def peaks(device: str, t0: float) -> dict:
+    """Peak memory since ``reset_peak`` returned ``t0``: allocated by tensors (``peak_gib``, the measure of
+    the H100 runs), reserved by PyTorch's allocator (``reserved_gib``) and in use on the device as nvidia-smi
+    reports it (``smi_gib``)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return {"peak_gib": None, "reserved_gib": None, "smi_gib": None}
+    return {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+            "smi_gib": SMI.peak_gib(t0) if SMI is not None else None}
 
 
 def peak_gib(device: str) -> float | None:
@@ -101,6 +168,10 @@ def peak_gib(device: str) -> float | None:
     if device.startswith("cuda"):
         return round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return None
+
+
+def mem_text(m: dict) -> str:
+    return f"{m['peak_gib']} / {m['reserved_gib']} / {m['smi_gib']}"
 
 
 def free(device: str) -> None:
@@ -321,13 +392,14 @@ def prompt_tokens(processor) -> tuple[int, int, int]:
 
 
 def sweep_batch(model, processor, audios, path: str, candidates, device: str, mem_cap_gib: float | None = None):
-    """Best batch size by GPU-side clips/s on the mix (among those whose peak memory stays under ``mem_cap_gib``);
-    stops at an out-of-memory error, past the cap, or when a larger batch stops paying twice."""
+    """Best batch size by GPU-side clips/s on the mix (among those whose peak memory, as nvidia-smi reports it, or
+    reserved where nvidia-smi is missing, stays under ``mem_cap_gib``); stops at an out-of-memory error, past the
+    cap, or when a larger batch stops paying twice."""
     rows, best, best_rate = [], candidates[0], 0.0
     worse = 0
     for b in candidates:
         n = min(len(audios), max(2 * b, 4 * candidates[0]))
-        reset_peak(device)
+        t_mem = reset_peak(device)
         try:
             r = gpu_side(model, processor, audios[:n], b, path, device)
         except Exception as err:  # noqa: BLE001
@@ -336,10 +408,12 @@ def sweep_batch(model, processor, audios, path: str, candidates, device: str, me
             rows.append({"batch": b, "error": "out of memory"})
             free(device)
             break
-        peak = peak_gib(device)
-        rows.append({"batch": b, "n_clips": n, "gpu_clips_per_s": round(r["clips_per_s"], 1), "peak_gib": peak})
-        log(f"    sweep {path} batch {b:4d}: {r['clips_per_s']:8.1f} clips/s (gpu side, {n} clips), peak {peak} GiB")
-        if mem_cap_gib is not None and peak is not None and peak > mem_cap_gib:
+        mem = peaks(device, t_mem)
+        rows.append({"batch": b, "n_clips": n, "gpu_clips_per_s": round(r["clips_per_s"], 1), **mem})
+        log(f"    sweep {path} batch {b:4d}: {r['clips_per_s']:8.1f} clips/s (gpu side, {n} clips), peak GiB "
+            f"allocated / reserved / nvidia-smi {mem_text(mem)}")
+        used = mem["smi_gib"] if mem["smi_gib"] is not None else mem["reserved_gib"]
+        if mem_cap_gib is not None and used is not None and used > mem_cap_gib:
             rows[-1]["over_cap"] = True
             break
         if r["clips_per_s"] > best_rate * 1.01:
@@ -358,8 +432,9 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
     n_text, n_prefix, _ = ctx["prompt"]
     wbytes = A.weight_bytes(M.unwrap(model))
     scorer = book_score if path == "book" else plain_score
-    mix_audios = load(sets["mix"][:ctx["n_sweep"]])
-    candidates = ctx["book_batches"] if path == "book" else ctx["plain_batches"]
+    mix_audios = load(sets["warm"][:ctx["n_sweep"]])  # other files than the timed ones: those stay new
+    candidates = (ctx["nf4_book_batches" if dtype == "nf4" else "book_batches"] if path == "book"
+                  else ctx["plain_batches"])
     cap = ctx["nf4_mem_cap_gib"] if (dtype == "nf4" and path == "book") else None
     best, sweep_rows = sweep_batch(model, processor, mix_audios, path, candidates, device, cap)
     log(f"  {dtype} {path}: best batch {best}")
@@ -368,9 +443,10 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
         for batch in (1, best):
             n = ctx["n_batch1"] if batch == 1 else (ctx["n_book"] if path == "book" else max(ctx["n_plain"], 2 * best))
             paths = sets[name][:n]
-            warm = paths[:batch] if path == "book" else paths[:min(batch, 8)]
-            scorer(model, processor, load(warm), batch, device)  # warm-up (compiles the fused kernels once)
-            reset_peak(device)
+            # warm-up on other files (compiles the fused kernels once); the timed pass is the first over its files
+            warm = sets["warm"][:batch] if path == "book" else sets["warm"][:min(batch, 8)]
+            scorer(model, processor, load(warm), batch, device)
+            t_mem = reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
             if path == "book":  # files read inside lib.model.score's prefetch worker
@@ -382,7 +458,7 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
                 logits = scorer(model, processor, audios, batch, device)
             sync(device)
             e2e = time.perf_counter() - t0
-            peak = peak_gib(device)
+            mem = peaks(device, t_mem)
             if path == "book":
                 audios = load(paths)
             g = gpu_side(model, processor, audios, batch, path, device)
@@ -394,7 +470,7 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
                    "e2e_s": round(e2e, 3), "load_s": None if t_load is None else round(t_load, 3), "e2e_clips_per_s": round(n / e2e, 1),
                    "gpu_s": round(g["seconds"], 3), "gpu_clips_per_s": round(g["clips_per_s"], 1),
                    "inputs_s": round(g["prep_s"], 3),  # making + moving all inputs in one thread, untimed in gpu_s
-                   "peak_gib": peak, "flops_bound": int(bound_flops), "flops_bound_full_prompt": int(full_prompt_flops),
+                   **mem, "flops_bound": int(bound_flops), "flops_bound_full_prompt": int(full_prompt_flops),
                    "flops_executed": g["flops_executed"], "bytes_floor": int(floor_bytes),
                    "bound_kind": "flop" if bound_flops / ceil["matmul_flops"] >= floor_bytes / ceil["copy_bytes_per_s"] else "byte",
                    "bound_s": bound_s, "bound_clips_per_s": round(n / bound_s, 1),
@@ -403,11 +479,12 @@ def scoring_figures(model, processor, sets, dtype: str, path: str, ctx: dict) ->
                    "finite": bool(np.isfinite(logits).all())}
             rows.append(row)
             log(f"  {dtype:5s} {path:5s} {name:5s} batch {batch:4d}: e2e {row['e2e_clips_per_s']:8.1f} clips/s "
-                f"(load {'in worker' if t_load is None else f'{t_load:.2f}s'} of {e2e:.2f}s; inputs alone {g['prep_s']:.2f}s), gpu {row['gpu_clips_per_s']:8.1f} clips/s, peak {peak} GiB, "
+                f"(load {'in worker' if t_load is None else f'{t_load:.2f}s'} of {e2e:.2f}s; inputs alone {g['prep_s']:.2f}s), gpu {row['gpu_clips_per_s']:8.1f} clips/s, peak GiB allocated / reserved / nvidia-smi {mem_text(mem)}, "
                 f"bound {row['bound_clips_per_s']:.0f} clips/s ({row['bound_kind']}), gpu/bound {row['gpu_over_bound']}, "
                 f"executed {row['gpu_tflops_executed']} TFLOP/s")
             free(device)
     ctx.setdefault("sweeps", []).append({"dtype": dtype, "path": path, "best": best, "rows": sweep_rows})
+    ctx.setdefault("best_batch", {})[(dtype, path)] = best
     return rows
 
 
@@ -422,16 +499,16 @@ def steady_scoring(model, processor, paths, dtype: str, batch: int, ctx: dict, n
     bound_s = bound_flops / ceil["matmul_flops"]
     passes = []
     for i in range(n_passes):
-        reset_peak(device)
+        t_mem = reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
         book_score_files(model, processor, paths, batch, device)
         sync(device)
         e2e = time.perf_counter() - t0
-        passes.append({"e2e_s": round(e2e, 3), "e2e_clips_per_s": round(len(paths) / e2e, 1), "peak_gib": peak_gib(device),
+        passes.append({"e2e_s": round(e2e, 3), "e2e_clips_per_s": round(len(paths) / e2e, 1), **peaks(device, t_mem),
                        "e2e_over_bound": round(e2e / bound_s, 2)})
         log(f"  {dtype} book mix batch {batch} pass {i + 1}: e2e {passes[-1]['e2e_clips_per_s']} clips/s, "
-            f"peak {passes[-1]['peak_gib']} GiB, e2e/bound {passes[-1]['e2e_over_bound']}")
+            f"peak GiB allocated / reserved / nvidia-smi {mem_text(passes[-1])}, e2e/bound {passes[-1]['e2e_over_bound']}")
     g = gpu_side(model, processor, load(paths), batch, "book", device)
     out = {"dtype": dtype, "batch": batch, "n_clips": len(paths), "passes": passes,
            "gpu_clips_per_s": round(g["clips_per_s"], 1), "gpu_over_bound": round(g["seconds"] / bound_s, 2),
@@ -521,7 +598,7 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
     device, ceil = ctx["device"], ctx["ceilings"]
     cfg = M.unwrap(model).config
     n_text, _, n_suffix = ctx["prompt"]
-    reset_peak(device)
+    t_mem = reset_peak(device)
     sync(device)
     t0 = time.perf_counter()
     peft_model = T.apply_lora(model, tc)
@@ -534,7 +611,7 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
         losses = plain_train(peft_model, processor, audios, labels, tc, device)
     sync(device)
     wall = time.perf_counter() - t0
-    peak = peak_gib(device)
+    mem = peaks(device, t_mem)
     lora_params = T.parameter_counts(peft_model)["trainable_params"]
     base = peft_model.unload()
     T.set_gradient_checkpointing(base, "none")
@@ -546,12 +623,12 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
     lora_kernel = tc.lora_kernel if path == "book" else "peft"  # the plain loop is peft's layers as they come
     row = {"dtype": dtype, "path": path, "micro_batch": tc.micro_batch_size, "grad_accum": tc.grad_accum_steps,
            "gradient_checkpointing": tc.gradient_checkpointing, "lora_kernel": lora_kernel, "epochs": tc.epochs, "clips": len(audios),
-           "wall_s": round(wall, 2), "peak_gib": peak, "flops_bound": int(bound_flops), "bytes_floor": int(floor_bytes),
+           "wall_s": round(wall, 2), "clips_per_s": round(tc.epochs * len(audios) / wall, 1), **mem, "flops_bound": int(bound_flops), "bytes_floor": int(floor_bytes),
            "bound_s": round(bound_s, 3), "wall_over_bound": round(wall / bound_s, 1),
            "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
            "finite": bool(np.isfinite(losses).all()), "trainable_params": lora_params}
     log(f"  {dtype:5s} {path:5s} train micro {tc.micro_batch_size:2d} x accum {tc.grad_accum_steps}"
-        f"{'' if tc.gradient_checkpointing == 'none' else ' +gc ' + tc.gradient_checkpointing} lora {lora_kernel} epochs {tc.epochs}: {wall:7.2f} s, peak {peak} GiB, "
+        f"{'' if tc.gradient_checkpointing == 'none' else ' +gc ' + tc.gradient_checkpointing} lora {lora_kernel} epochs {tc.epochs}, {len(audios)} clips: {wall:7.2f} s, peak GiB allocated / reserved / nvidia-smi {mem_text(mem)}, "
         f"bound {bound_s:.2f} s, ratio {row['wall_over_bound']}, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     del peft_model
     free(device)
@@ -567,10 +644,13 @@ def equivalence_check(model, processor, clips, device: str, label: str) -> dict:
     hf_idx = [i for i, c in enumerate(clips) if len(c) >= 0.06 * SR]  # HF's merge differs under 60 ms
     hf = plain_score(model, processor, [clips[i] for i in hf_idx], 8, device)
 
-    def cmp(a, b):
+    def cmp(a, b):  # b: the reference
         d = np.abs(a - b)
+        same = (a[:, 0] >= a[:, 1]) == (b[:, 0] >= b[:, 1])
+        confident = np.abs(b[:, 0] - b[:, 1]) >= TG.CONFIDENT_MARGIN
         return {"max_abs": float(d.max()), "rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
-                "same_decisions": int(((a[:, 0] >= a[:, 1]) == (b[:, 0] >= b[:, 1])).sum()), "n": int(len(a))}
+                "same_decisions": int(same.sum()), "n": int(len(a)),
+                "confident_flips": int((~same & confident).sum()), "n_confident": int(confident.sum())}
 
     margin = np.abs(ref[:, 0] - ref[:, 1])
     out = {"dtype": label, "n_clips": len(clips), "durations_ms": sorted({round(len(c) / 16) for c in clips}),
@@ -656,22 +736,31 @@ def markdown(res: dict) -> str:
              "", f"Ceilings measured in the run: bf16 matrix product {c['matmul_flops'] / 1e12:.0f} TFLOP/s "
              f"({c['matmul_n']}^3, random operands); device copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write).", ""]
     if res.get("scoring"):
-        lines += md_table(["dtype", "path", "clips", "batch", "e2e clips/s", "gpu clips/s", "load s / e2e s", "peak GiB",
+        lines += md_table(["dtype", "path", "clips", "batch", "e2e clips/s", "gpu clips/s", "load s / e2e s",
+                           "peak GiB alloc. / reserved / nvidia-smi",
                            "bound clips/s", "e2e / bound", "gpu / bound", "executed TFLOP/s"],
                           [[r["dtype"], r["path"], r["clips"], r["batch"], r["e2e_clips_per_s"], r["gpu_clips_per_s"],
-                            f"{'in worker' if r['load_s'] is None else r['load_s']} / {r['e2e_s']}", r["peak_gib"],
+                            f"{'in worker' if r['load_s'] is None else r['load_s']} / {r['e2e_s']}", mem_text(r),
                             f"{r['bound_clips_per_s']} ({r['bound_kind']})", r["e2e_over_bound"], r["gpu_over_bound"],
                             f"{r['gpu_tflops_executed']:.3g}"] for r in res["scoring"]])
-    if res.get("training"):
-        lines += md_table(["dtype", "path", "micro x accum", "grad. ckpt", "LoRA layers", "epochs", "wall s (e2e)", "peak GiB",
-                           "bound s", "wall / bound", "loss first -> last"],
-                          [[r["dtype"], r["path"], f"{r['micro_batch']} x {r['grad_accum']}", r["gradient_checkpointing"],
-                            r.get("lora_kernel", "peft"), r["epochs"], r["wall_s"], r["peak_gib"], r["bound_s"], r["wall_over_bound"],
-                            f"{r['first_loss']} -> {r['last_loss']}"] for r in res["training"]])
+    for section in ("training", "scale"):
+        rows = [r for r in res.get(section) or [] if "error" not in r]
+        if rows:
+            if section == "scale":
+                lines.append("Training at scale (one epoch):")
+                lines.append("")
+            lines += md_table(["dtype", "path", "micro x accum", "grad. ckpt", "LoRA layers", "clips x epochs", "wall s (e2e)",
+                               "clips/s", "peak GiB alloc. / reserved / nvidia-smi", "bound s", "wall / bound", "loss first -> last"],
+                              [[r["dtype"], r["path"], f"{r['micro_batch']} x {r['grad_accum']}", r["gradient_checkpointing"],
+                                r.get("lora_kernel", "peft"), f"{r['clips']} x {r['epochs']}", r["wall_s"], r.get("clips_per_s"),
+                                mem_text(r), r["bound_s"], r["wall_over_bound"],
+                                f"{r['first_loss']} -> {r['last_loss']}"] for r in rows])
+        lines += [f"- {section} {r['dtype']} {r['path']}: {r['error']}" for r in res.get(section) or [] if "error" in r]
     for st in res.get("steady", []):
         passes = ", ".join(f"{p['e2e_clips_per_s']}" for p in st["passes"])
         lines.append(f"- steady state, {st['dtype']} book mix, {st['n_clips']} clips, batch {st['batch']}: e2e {passes} clips/s "
-                     f"(pass 1{' to ' + str(len(st['passes'])) if len(st['passes']) > 1 else ''}, peak {st['passes'][-1]['peak_gib']} GiB); "
+                     f"(pass 1{' to ' + str(len(st['passes'])) if len(st['passes']) > 1 else ''}, peak GiB allocated / reserved / "
+                     f"nvidia-smi {mem_text(st['passes'][-1])}); "
                      f"gpu {st['gpu_clips_per_s']} clips/s, gpu / bound {st['gpu_over_bound']} (bound {st['bound_clips_per_s']} clips/s)")
     for chk in res.get("checks", []):
         parts = [f"{k}: max |d| {chk[k]['max_abs']:.1e}, rel {chk[k]['rel_l2']:.1e}, same decisions "
@@ -683,6 +772,8 @@ def markdown(res: dict) -> str:
                  f"{chk[v]['grad_cosine']:.6f}, worst tensor {chk[v]['worst_tensor_max_rel']:.1e}" for v in ("fused", "fused+norms")]
         lines.append(f"- training check {chk['dtype']} ({chk['n_clips']} clips, one micro-batch, dropout on; peft's layers: "
                      f"loss {chk['loss_peft']:.5f}): " + "; ".join(parts))
+    if res.get("verdict"):
+        lines += [""] + TG.report_lines(res["verdict"], enforce_targets=res.get("targets_enforced", True))
     return "\n".join(lines) + "\n"
 
 
@@ -700,15 +791,26 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help="a reduced config (dry run of every step, e.g. on the CPU)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out"))
-    ap.add_argument("--only", default="check,scoring,training",
-                    help="comma list of: check, scoring, steady, training")
+    ap.add_argument("--only", default="check,scoring,training,scale",
+                    help="comma list of: check, scoring, steady, training, scale (training at scale)")
     ap.add_argument("--dtypes", default="bf16,nf4")
     ap.add_argument("--paths", default="plain,book")
+    ap.add_argument("--scoring-paths", default=None, help="paths of the scoring figures (default: --paths)")
     ap.add_argument("--nf4-checkpointing", default="mlp,layers:24,layers",
                     help="gradient-checkpointing modes of the extra NF4 book recipes (lib.train.set_gradient_checkpointing)")
     ap.add_argument("--book-lora-kernels", default="fused,peft",
                     help="LoRA layers of the book's recipes, each run side by side (lib.fast_lora: fused, peft)")
+    ap.add_argument("--plain-recipes", default="16x1,2x8",
+                    help="micro-batch x accumulation of the plain recipes (the seed's 2 x 8; 16 x 1 as the book uses)")
+    ap.add_argument("--plain-2x8-epochs", type=int, default=None,
+                    help="epochs of the plain 2 x 8 recipe (default 3, --quick 1: it takes about 60 s)")
+    ap.add_argument("--scale-clips", type=int, default=4096, help="training at scale: mix clips of the book's epoch")
+    ap.add_argument("--scale-plain-clips", type=int, default=4096,
+                    help="training at scale: clips of the plain 16 x 1 epoch (fewer saves device time; clips/s compare)")
+    ap.add_argument("--no-targets", action="store_true",
+                    help="report targets as met / missed but exit 0 on a miss (a failed correctness check still fails)")
     args = ap.parse_args(argv)
+    global SMI
 
     import torch
 
@@ -736,8 +838,11 @@ def main(argv=None) -> int:
            "n_book": 64 if s else (1024 if q else 2048),
            "n_plain": 16 if s else (96 if q else 192),
            "book_batches": [8, 16, 32] if s else [32, 64, 128, 256, 512],
+           "nf4_book_batches": [8, 16, 32] if s else [16, 32, 64, 128],
            "plain_batches": [4, 8] if s else [16, 48, 96],
-           "nf4_mem_cap_gib": 7.5}  # NF4 scoring target: under 8 GiB peak; the sweep picks the fastest batch under 7.5
+           # NF4 scoring target: fits an 8 GiB card (nvidia-smi's figure); the sweep picks the fastest batch under
+           # 7.75 GiB on its own clips, leaving a quarter GiB for other lengths in the timed pass
+           "nf4_mem_cap_gib": 7.75}
     t_start = time.perf_counter()
     processor = A.processor_7b()
     ctx["prompt"] = prompt_tokens(processor)
@@ -747,11 +852,19 @@ def main(argv=None) -> int:
     log(f"ceilings: matmul {res['ceilings']['matmul_flops'] / 1e12:.1f} TFLOP/s, copy "
         f"{res['ceilings']['copy_bytes_per_s'] / 1e12:.2f} TB/s")
     res["scoring"], res["training"], res["checks"] = [], [], []
+    if device.startswith("cuda"):
+        SMI = SmiSampler()
+        torch.zeros(1, device=device)
+        sync(device)
+        res["smi_idle_gib"] = SMI.peak_gib(time.perf_counter() - 0.5)  # the CUDA context alone
     save(res, out)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             n_files = max(ctx["n_book"], ctx["n_sweep"], 128)
             sets = make_sets(Path(tmp), n_files)
+            # the batch sweeps and the warm-ups run on these, so that every timed pass is the first over its files
+            sets["warm"] = make_sets(Path(tmp) / "warm", max(ctx["n_sweep"], max(ctx["book_batches"])), seed=3,
+                                     names=("mix",))["mix"]
             if "check" in only:
                 log("== check fp32 (TF32 off)")
                 torch.backends.cuda.matmul.allow_tf32 = False
@@ -785,13 +898,13 @@ def main(argv=None) -> int:
                     save(res, out)
                 if "scoring" in only:
                     log(f"== scoring {dtype}")
-                    for path in paths:
+                    for path in (args.scoring_paths.split(",") if args.scoring_paths else paths):
                         res["scoring"] += scoring_figures(model, processor, sets, dtype, path, ctx)
                         save(res, out)
                 if "steady" in only:
                     log(f"== steady-state scoring {dtype} (book, mix, the same files scored three times)")
                     res.setdefault("steady", []).append(steady_scoring(model, processor, sets["mix"][:ctx["n_book"]], dtype,
-                                                                       512 if dtype == "bf16" else 128, ctx))
+                                                                       ctx.get("best_batch", {}).get((dtype, "book"), 512 if dtype == "bf16" else 32), ctx))
                     save(res, out)
                     if dtype == "bf16" and not s:  # a longer job over new files: buckets narrow as clips are added
                         log("== scoring bf16, 8192 new mix clips (book, one pass)")
@@ -802,11 +915,15 @@ def main(argv=None) -> int:
                     log(f"== training {dtype}")
                     warm_matplotlib()
                     rng = np.random.default_rng(0)
-                    train_paths = sets["mix"][:128]
-                    labels = list(rng.choice(["speech", "nonspeech"], 128))
+                    n_recipe = 32 if s else 128  # the seed recipe's 128 clips (a dry run: 32)
+                    train_paths = sets["mix"][:n_recipe]
+                    labels = list(rng.choice(["speech", "nonspeech"], n_recipe))
                     runs = []
                     if "plain" in paths:
-                        runs.append(("plain", recipe(2, 8, epochs=1 if q else 3)))
+                        for spec in args.plain_recipes.split(","):
+                            micro, accum = (int(x) for x in spec.split("x"))
+                            epochs = 3 if (micro, accum) != (2, 8) else (args.plain_2x8_epochs or (1 if q else 3))
+                            runs.append(("plain", recipe(micro, accum, epochs=epochs)))
                     if "book" in paths:
                         modes = ["none"] + (args.nf4_checkpointing.split(",") if dtype == "nf4" else [])
                         for mode in modes:
@@ -828,16 +945,51 @@ def main(argv=None) -> int:
                             free(device)
                         res["training"].append(row)
                         save(res, out)
+                if "scale" in only:
+                    log(f"== training at scale {dtype}: one epoch")
+                    warm_matplotlib()
+                    if "scale_set" not in ctx:
+                        n_scale = 64 if s else args.scale_clips
+                        ctx["scale_set"] = make_sets(Path(tmp) / "scale", n_scale, seed=11, names=("mix",))["mix"]
+                        ctx["scale_labels"] = list(np.random.default_rng(1).choice(["speech", "nonspeech"], n_scale))
+                    if not ctx.get("trained"):
+                        model, _ = training_figure(model, processor, ctx["scale_set"][:16], ctx["scale_labels"][:16], dtype,
+                                                   "book", recipe(16, 1, epochs=1), ctx)
+                        ctx["trained"] = True
+                    scale_runs = []
+                    if "book" in paths:
+                        scale_runs.append(("book", len(ctx["scale_set"])))
+                    if "plain" in paths:
+                        scale_runs.append(("plain", min(len(ctx["scale_set"]), 32 if s else args.scale_plain_clips)))
+                    for path, n in scale_runs:
+                        try:
+                            model, row = training_figure(model, processor, ctx["scale_set"][:n], ctx["scale_labels"][:n],
+                                                         dtype, path, recipe(16, 1, epochs=1), ctx)
+                        except Exception as err:  # noqa: BLE001
+                            if not is_oom(err):
+                                raise
+                            log(f"  {dtype} {path} training at scale: out of memory")
+                            row = {"dtype": dtype, "path": path, "error": "out of memory"}
+                            free(device)
+                        res.setdefault("scale", []).append(row)
+                        save(res, out)
     except Exception:  # noqa: BLE001 - keep what was measured
         res["error"] = strip_machine_paths(traceback.format_exc())
         log(res["error"])
     res["sweeps"] = ctx.get("sweeps", [])
     res["total_s"] = round(time.perf_counter() - t_start, 1)
+    res["verdict"] = TG.judge(res)
+    res["targets_enforced"] = not args.no_targets
+    res["exit_code"] = TG.exit_code(res["verdict"], errored="error" in res, enforce_targets=not args.no_targets)
+    if SMI is not None:
+        SMI.close()
     save(res, out)
     log("")
     log(markdown(res))
+    log(TG.summary_line(res["verdict"]) + f"; exit code {res['exit_code']}")
     log(f"total {res['total_s']} s; results in {out}")
-    return 1 if "error" in res else 0
+    save(res, out)  # log.txt with the verdict's lines
+    return res["exit_code"]
 
 
 if __name__ == "__main__":

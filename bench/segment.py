@@ -65,13 +65,16 @@ def model_of(spec: str) -> str:
 
 
 def model_label(base_model: str) -> str:
+    """Which Qwen2-Audio a LoRA system is built on, in one word (mini, tiny, 7B)."""
+    from lib import mini_model
+
     if not base_model:
         return ""
+    if base_model in mini_model.MINI_MODELS:  # mini (Whisper-tiny.en) or mini-base: both are the mini model
+        return "mini"
     b = base_model.lower()
     if b == "tiny" or "tiny" in Path(b).name:
         return "tiny"
-    if "mini" in b:
-        return "mini"
     if "qwen2-audio-7b" in b:
         return "7B"
     return base_model

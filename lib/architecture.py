@@ -8,8 +8,10 @@ the real one, so the book's own scoring and training code runs on it unchanged (
 * :func:`config_7b` -- the public config (audio encoder d_model 1280, 32 layers, 20 heads, ffn 5120, 128 mel
   bins, 1500 source positions; Qwen2 text model hidden 4096, intermediate 11008, 32 layers, 32 heads, 32 kv
   heads, vocabulary 156032, 8192 positions, rope_theta 10000, rms eps 1e-5; audio token 151646).
-* :func:`processor_7b` -- the real Qwen2-Audio tokenizer and Instruct template (:mod:`lib.tokenizer`) with
-  Whisper-large-v3 features (128 mel bins): the book's prompt is 54 tokens, as for the released model.
+* :func:`processor_7b` -- the real Qwen2-Audio tokenizer and Instruct chat template (:mod:`lib.tokenizer`), with
+  Whisper-large-v3 features (128 mel bins).
+* :func:`save_random_model` -- the 7B architecture with random weights saved as a model folder with that
+  processor, which the book's loader and ``make book PROFILE=full`` take as ``model_name_or_path``.
 * :func:`parameter_counts` -- counted on the meta device (no memory): 8.40 B in all, audio encoder 0.64 B,
   language model 7.12 B (embeddings included), head 0.64 B.
 * :func:`build_random_model` -- the model on a device with random weights (HF's init scheme: N(0, 0.02), norms
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from . import model as M
@@ -72,6 +75,50 @@ def processor_7b():
     from . import tokenizer as T
 
     return T.qwen2audio_processor(T.whisper_feature_extractor(128))
+
+
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.json"
+
+
+def save_random_model(folder: str | Path, config=None, device: str = "cuda", seed: int = 0) -> Path:
+    """A model folder of Qwen2-Audio (the 7B architecture by default) with RANDOM weights, in bf16, with the real
+    processor: what ``huggingface-cli download`` gives for the real model, so that the book's own loader
+    (:func:`lib.model.load_model`, in bf16 or NF4) and ``make book PROFILE=full SET='model_name_or_path=<folder>'``
+    run on it unchanged. A ``RANDOM_WEIGHTS.json`` beside the weights says what it is; every result the book
+    draws from such a folder is labelled as random weights (:func:`lib.book.smoke_label`). Runs of it test the
+    code and its cost, never accuracy.
+
+    The weights are made on ``device`` (seconds for the 7B on a GPU) and written as safetensors shards (about
+    16.8 GB for the 7B). An existing folder is refused rather than overwritten."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not empty: pick a new folder (nothing is overwritten)")
+    config = config if config is not None else config_7b()
+    processor = processor_7b()
+    model = build_random_model(config, device=device, torch_dtype="bfloat16", seed=seed, short_encoder=False)
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    processor.save_pretrained(tmp)
+    (tmp / RANDOM_WEIGHTS_MARKER).write_text(json.dumps({
+        "random_weights": True,
+        "what": "the Qwen2-Audio-7B architecture with random weights (N(0, 0.02)), NOT Qwen2-Audio-7B-Instruct: "
+                "results from it test code, speed and memory, never accuracy",
+        "seed": seed, "built_by": "lib.architecture.save_random_model", "config": describe(config)}, indent=1))
+    del model
+    tmp.rename(folder)
+    return folder
+
+
+def is_random_weights(model_name_or_path: str | Path | None) -> bool:
+    """True for a model folder that :func:`save_random_model` wrote (random weights, not a real model)."""
+    if not model_name_or_path:
+        return False
+    path = Path(str(model_name_or_path)).expanduser()
+    return (path / RANDOM_WEIGHTS_MARKER).exists()
 
 
 # ------------------------------------------------------------------------------------------ parameter counts

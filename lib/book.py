@@ -250,7 +250,15 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, *, ne
     from .plots import set_house_style  # every chapter's figures in the book's one style
 
     set_house_style()
+    if random_weights(cfg):  # a random-weight 7B folder (lib.architecture.save_random_model): code and cost only
+        cfg["smoke"] = True
     return cfg
+
+
+def random_weights(cfg: Mapping[str, Any]) -> bool:
+    from .architecture import is_random_weights
+
+    return is_random_weights(cfg.get("model_name_or_path"))
 
 
 def _last_timings(profile: str, results_dir: Path) -> str:
@@ -514,7 +522,8 @@ def _run_locked(
             else:
                 _execute_chapter(step, run_dir, profile, overrides, kernel, progress_bar, status, start)
             seconds = time.monotonic() - start
-            status["chapters"][name] = {"state": "done", "seconds": round(seconds, 1)}
+            status["chapters"][name] = {"state": "done", "seconds": round(seconds, 1),
+                                        **status.pop("gpu_peaks", {}).get(name, {})}
             io.write_json(_status_path(run_dir), status)
             log(f"[{i}/{total}] {name}: done in {seconds:.1f}s")
     except (KeyboardInterrupt, SystemExit):
@@ -576,8 +585,13 @@ def _execute_chapter(
     params.update({k: v for k, v in overrides.items() if k in declared})
     partial = run_dir / f".{name}.running.ipynb"
     # the kernel inherits these: this run folder is written by its runner; widgets (the listening tool) print
-    # how to open them instead of a dead snapshot
-    env = {RUNNER_ENV: str(run_dir), "SPEECHBOOK_HEADLESS": "1"}
+    # how to open them instead of a dead snapshot; a chapter on a GPU records its peak memory in peaks_file
+    # (lib.model.record_gpu_peaks)
+    from .model import GPU_PEAKS_ENV
+
+    peaks_file = run_dir / f".{name}.gpu_peaks.json"
+    peaks_file.unlink(missing_ok=True)
+    env = {RUNNER_ENV: str(run_dir), "SPEECHBOOK_HEADLESS": "1", GPU_PEAKS_ENV: str(peaks_file)}
     before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -603,6 +617,9 @@ def _execute_chapter(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    if peaks_file.exists():
+        status.setdefault("gpu_peaks", {})[name] = json.loads(peaks_file.read_text())
+        peaks_file.unlink()
     os.replace(partial, run_dir / notebook.name)
     stale = run_dir / f"{name}.failed.ipynb"
     if stale.exists():

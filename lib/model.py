@@ -187,6 +187,10 @@ def model_label(model_name_or_path: str) -> str:
     if model_name_or_path in mini_model.MINI_MODELS:
         return mini_model.label(model_name_or_path)
     path = Path(str(model_name_or_path)).expanduser()
+    from .architecture import is_random_weights
+
+    if is_random_weights(path):  # lib.architecture.save_random_model: measures code and cost, never accuracy
+        return "RANDOM WEIGHTS (Qwen2-Audio-7B architecture, untrained), not a real result"
     if (path / BUILD_INFO).exists():  # a model lib built (e.g. the random-weight 7B architecture of the GPU runs)
         return str(json.loads((path / BUILD_INFO).read_text()).get("what", path.name))
     return f"{path.name if path.exists() else model_name_or_path}"
@@ -299,9 +303,51 @@ def load_model(model_name_or_path: str = TINY, quantization: str = "none", torch
 
     if model_name_or_path in mini_model.MINI_MODELS:  # its pretrained encoder is never trained: cache its outputs
         model.speechbook_encoder_cache = EncoderCache(encoder_cache_folder(path))
+    if device.startswith("cuda"):
+        record_gpu_peaks()
     model.speechbook_source = {"model_name_or_path": model_name_or_path, "path": path, "quantization": quantization,
                                "torch_dtype": str(dtype).replace("torch.", "")}
     return model, processor
+
+
+GPU_PEAKS_ENV = "SPEECHBOOK_GPU_PEAKS_FILE"
+_GPU_PEAKS_RECORDING = False
+
+
+def record_gpu_peaks(interval_s: float = 1.0) -> None:
+    """Where the book runner asks for it (``$SPEECHBOOK_GPU_PEAKS_FILE``, set per chapter by
+    :func:`lib.book.run_book`), keep this process's peak GPU memory (allocated and reserved by PyTorch) in that
+    JSON file: rewritten every ``interval_s`` by a daemon thread and once more at exit, so the runner can record
+    each chapter's peak in ``status.json`` even though chapters run in their own kernels."""
+    global _GPU_PEAKS_RECORDING
+    path = os.environ.get(GPU_PEAKS_ENV)
+    if not path or _GPU_PEAKS_RECORDING:
+        return
+    import atexit
+    import threading
+    import time
+
+    import torch
+
+    def write() -> None:
+        try:
+            data = {"max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                    "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except Exception:  # noqa: BLE001 - a record of memory must never break a chapter
+            pass
+
+    def loop() -> None:
+        while True:
+            write()
+            time.sleep(interval_s)
+
+    _GPU_PEAKS_RECORDING = True
+    threading.Thread(target=loop, daemon=True, name="speechbook-gpu-peaks").start()
+    atexit.register(write)
 
 
 def base_fingerprint(model_name_or_path: str) -> dict[str, Any]:

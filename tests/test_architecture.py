@@ -53,7 +53,28 @@ def test_processor_7b_maps_audio_token_to_151646():
     inputs = M.make_inputs(processor, [clip])
     ids = inputs["input_ids"][0].tolist()
     assert ids.count(151646) == M.n_audio_tokens(3200) == 5
-    assert M.answer_token_ids(processor.tokenizer)[0] < 151643
+    assert M.answer_token_ids(processor.tokenizer) == (32, 33)  # the real Qwen tokenizer (lib.tokenizer)
+    assert processor.feature_extractor.feature_size == 128
+
+
+def test_random_model_folder_loads_through_the_books_loader_and_is_labelled(tmp_path):
+    """save_random_model writes a folder that lib.model.load_model takes as model_name_or_path (as `make book
+    PROFILE=full SET='model_name_or_path=<folder>'` does); results from it are labelled as random weights."""
+    from lib import book
+
+    config = A.small_config(audio={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64},
+                            text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "num_key_value_heads": 2})
+    folder = A.save_random_model(tmp_path / "q7b", config, device="cpu", seed=1)
+    assert A.is_random_weights(folder) and not A.is_random_weights(M.TINY)
+    model, processor = M.load_model(str(folder), "none", "float32")
+    assert M.answer_token_ids(processor.tokenizer) == (32, 33)
+    scores = M.score(model, processor, _clips(3, seed=4), batch_size=2)
+    assert np.isfinite(scores.logits).all()
+    assert book.smoke_label({"model_name_or_path": str(folder)}).startswith("RANDOM WEIGHTS")
+    assert book.smoke_label({"model_name_or_path": M.TINY, "smoke": True}).startswith("SMOKE")
+    with pytest.raises(FileExistsError):
+        A.save_random_model(folder, config, device="cpu")
 
 
 @pytest.fixture(scope="module")
