@@ -84,11 +84,16 @@ def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot
                               torch_dtype=cfg["torch_dtype"], short_encoder=bool(cfg["short_encoder"]), batch_size=int(cfg["eval_batch_size"]))
         # The base model does not depend on the training seed: one row set (seed -1) however many seeds run.
         frames.append(score_split(zs, bank, manifest, cfg, ZERO_SHOT, variant="prompt=hand-written"))
+    from .seed_claims import is_study_system
+
     for name in lora_systems(run_dir):
+        if is_study_system(name):  # the normalization / LoRA-variant studies score their own (chapters 02 and 04)
+            continue
         scorer = load_system(f"{run_dir}:{name}")
         info = yaml.safe_load((run_dir / "systems" / name / "system.yaml").read_text())
         tc = info.get("train_config", {})
-        frames.append(score_split(scorer, bank, manifest, cfg, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
+        own = {**cfg, "normalization": info.get("normalization") or cfg["normalization"]}  # scored as it was trained
+        frames.append(score_split(scorer, bank, manifest, own, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
     preds = pd.concat(frames, ignore_index=True)
     results.write_predictions(run_dir, preds)
     return preds
