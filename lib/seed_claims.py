@@ -418,3 +418,19 @@ def adapter_sizes(run_dir: str | Path, names: Iterable[str]) -> pd.DataFrame:
         rows.append({"system": name, "lora_params": rep["lora_params"], "extra_trainable_params": rep["extra_trainable_params"],
                      "adapter_params": rep["adapter_params"], "adapter_mb": rep["adapter_bytes"] / 1e6})
     return pd.DataFrame(rows)
+
+
+def run_study(cfg: Mapping[str, Any], manifest: str | Path, arms: Sequence[tuple[str, str]], progress: bool = False) -> pd.DataFrame:
+    """Train (or resume) and score the study systems ``arms`` = [(LoRA variant, normalization), ...] for every seed
+    of :func:`study_seeds`, on the test split, each under its own normalization; write them to the run's
+    predictions.csv and return them."""
+    bank = data.load_bank(manifest)
+    frames = []
+    for seed in study_seeds(cfg):
+        for variant, norm in arms:
+            res = train_study_system(cfg, manifest, variant, norm, seed=seed, progress=progress)
+            frames.append(score_study_system(cfg, manifest, Path(res["system_dir"]).name, bank))
+            del res
+    preds = pd.concat(frames, ignore_index=True)
+    results.write_predictions(cfg["run_dir"], preds)
+    return preds
