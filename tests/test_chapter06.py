@@ -51,7 +51,8 @@ def run_folder(tmp_path):
     rng = np.random.default_rng(0)
     main = tmp_path / "results" / "cpu" / "main"
     main.mkdir(parents=True)
-    overrides = {"figures_dir": str(tmp_path / "figures"), "bootstrap_reps": 60, "sweep_seeds": []}
+    # smoke: the synthetic systems come from no model (the cpu profile itself is the mini model now, smoke false)
+    overrides = {"figures_dir": str(tmp_path / "figures"), "bootstrap_reps": 60, "sweep_seeds": [], "smoke": True}
     io.write_yaml(main / "params.yaml", {"profile": "cpu", "run_id": "main", "overrides": overrides})
     results.write_bank_pointer(main, manifest)
     zs = _system(bank, "qwen2audio-zeroshot", "prompt=hand-written", -1, 0.1, rng, "main")
