@@ -31,8 +31,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "data_dir": (str,), "max_sources_per_class": (int,), "max_train_clips": (int,), "prompt_opt_system": (str,),
     "prompt_opt_dev_max_clips": (int,), "opro_optimizer_model": (str,), "opro_meta_prompt": (str,),
-    "template_search_max": (int,), "gradient_checkpointing": (bool, str), "study_max_train_clips": (int,),
-    "study_epochs": (int,),
+    "template_search_max": (int,), "gradient_checkpointing": (bool, str),
+    "study_max_train_clips": (int,), "study_epochs": (int,), "seed_replication_epochs": (int,),
+    "seed_replication_book_test_max_clips": (int,), "scoring_check_max_clips": (int,),
 }
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
 

@@ -51,35 +51,6 @@ def train_run_system(cfg: Mapping[str, Any], manifest: str | Path, name: str | N
     )
 
 
-def study_recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The reduced recipe the book's ablations train every arm on (profile keys ``study_max_train_clips`` and
-    ``study_epochs``; null = the main run's), and the suffix its systems carry when it differs from the main
-    recipe. A study compares its arms with a reference of the main recipe's settings trained on the same reduced
-    recipe, never with the main system, so the comparison is like with like."""
-    clips = cfg.get("study_max_train_clips") or cfg.get("max_train_clips")
-    epochs = cfg.get("study_epochs") or cfg["epochs"]
-    reduced = clips != cfg.get("max_train_clips") or epochs != cfg["epochs"]
-    suffix = f"-study{clips or 'all'}x{epochs}" if reduced else ""
-    return {"max_train_clips": clips, "epochs": int(epochs), "suffix": suffix, "reduced": reduced}
-
-
-def train_study_system(cfg: Mapping[str, Any], manifest: str | Path, progress: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Train one arm of a study (``overrides``: what differs from the main recipe, e.g. ``loss_masking=False``) on
-    the study recipe; reuses the arm if the run folder already holds it. Returns the training summary or
-    ``{"name": ..., "reused": True}``."""
-    recipe = study_recipe(cfg)
-    variant = overrides.get("lora_variant", cfg["lora_variant"])
-    name = system_name(variant, overrides.get("loss_masking", cfg["loss_masking"])) + recipe["suffix"]
-    if overrides.get("normalization", cfg["normalization"]) != cfg["normalization"]:
-        name += f"-{overrides['normalization']}"
-    if name in lora_systems(cfg["run_dir"]):
-        return {"name": name, "reused": True}
-    study_cfg = {**cfg, "max_train_clips": recipe["max_train_clips"], "epochs": recipe["epochs"],
-                 **{k: v for k, v in overrides.items() if k == "normalization"}}
-    return train_run_system(study_cfg, manifest, name=name, progress=progress,
-                            **{k: v for k, v in overrides.items() if k != "normalization"})
-
-
 def lora_systems(run_dir: str | Path) -> list[str]:
     """The fine-tuned systems saved in a run folder (kind lora), by name."""
     out = []
@@ -113,11 +84,16 @@ def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot
                               torch_dtype=cfg["torch_dtype"], short_encoder=bool(cfg["short_encoder"]), batch_size=int(cfg["eval_batch_size"]))
         # The base model does not depend on the training seed: one row set (seed -1) however many seeds run.
         frames.append(score_split(zs, bank, manifest, cfg, ZERO_SHOT, variant="prompt=hand-written"))
+    from .seed_claims import is_study_system
+
     for name in lora_systems(run_dir):
+        if is_study_system(name):  # the normalization / LoRA-variant studies score their own (chapters 02 and 04)
+            continue
         scorer = load_system(f"{run_dir}:{name}")
         info = yaml.safe_load((run_dir / "systems" / name / "system.yaml").read_text())
         tc = info.get("train_config", {})
-        frames.append(score_split(scorer, bank, manifest, cfg, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
+        own = {**cfg, "normalization": info.get("normalization") or cfg["normalization"]}  # scored as it was trained
+        frames.append(score_split(scorer, bank, manifest, own, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
     preds = pd.concat(frames, ignore_index=True)
     results.write_predictions(run_dir, preds)
     return preds

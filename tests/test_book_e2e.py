@@ -40,6 +40,13 @@ def test_whole_book_on_the_ci_profile(data_dir, tmp_path):
     assert expected <= systems, expected - systems
     assert any(s.endswith("+opro") for s in systems) and any(s.endswith("+template") for s in systems)
     assert {"qwen2audio-attn+vote", "qwen2audio-attn+mean"} <= systems  # the seed ensemble of chapter 06
+    # issue 14: the model under each normalization (chapter 02) and attn_mlp against attn (chapter 04), one recipe
+    study = {f"qwen2audio-attn-{n}-study" for n in ("none", "peak", "rms")} | {"qwen2audio-attn_mlp-rms-study"}
+    assert study <= systems, study - systems
+    assert (run / "statistics" / "study_pairs.csv").exists()
+    from test_chapter08 import check_chapter08  # chapter 08's numbers read back (CI runs it once, here)
+
+    check_chapter08(run, figs)
     # Every system scored the same test clips.
     clip_sets = preds.groupby(["system", "variant", "seed"])["clip_id"].apply(frozenset)
     assert clip_sets.nunique() == 1

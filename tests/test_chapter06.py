@@ -51,7 +51,8 @@ def run_folder(tmp_path):
     rng = np.random.default_rng(0)
     main = tmp_path / "results" / "cpu" / "main"
     main.mkdir(parents=True)
-    overrides = {"figures_dir": str(tmp_path / "figures"), "bootstrap_reps": 60, "sweep_seeds": []}
+    # smoke: the synthetic systems come from no model (the cpu profile itself is the mini model now, smoke false)
+    overrides = {"figures_dir": str(tmp_path / "figures"), "bootstrap_reps": 60, "sweep_seeds": [], "smoke": True}
     io.write_yaml(main / "params.yaml", {"profile": "cpu", "run_id": "main", "overrides": overrides})
     results.write_bank_pointer(main, manifest)
     zs = _system(bank, "qwen2audio-zeroshot", "prompt=hand-written", -1, 0.1, rng, "main")
@@ -61,6 +62,9 @@ def run_folder(tmp_path):
         _system(bank, "energy", "rms", 0, 0.3, rng, "main"),
         _system(bank, "silero_vad", "rms/max-frame-prob-512", -1, 0.8, rng, "main"),
         _system(bank, "silero_vad", "none/max-frame-prob-512", -1, 0.7, rng, "main"),
+        # the study systems of chapters 02 and 04 (issue 14): one recipe, tested among themselves
+        *[_system(bank, f"qwen2audio-attn-{n}-study", "attn", 0, 0.9, rng, "main") for n in ("none", "peak", "rms")],
+        _system(bank, "qwen2audio-attn_mlp-rms-study", "attn_mlp", 0, 0.9, rng, "main"),
     ]))
     members = []
     for seed in (1, 2):
@@ -92,7 +96,12 @@ def test_chapter06_on_a_synthetic_run_with_sweep_members(run_folder, tmp_path):
     assert set(ens["variant"]) == {"attn seeds=3"} and (ens["seed"] == -1).all()
     metrics = json.loads((run_folder / "metrics.json").read_text())
     smoke = {(s["system"], s["variant"], s["seed"]): s["smoke"] for s in metrics["systems"]}
-    assert len(smoke) == 10  # 3 seeds, 2 ensembles, zero-shot once (duplicates dropped), +opro, 3 baselines
+    assert len(smoke) == 14  # 3 seeds, 2 ensembles, zero-shot once (duplicates dropped), +opro, 3 baselines, 4 study systems
+    pairs = pd.read_csv(run_folder / "statistics" / "study_pairs.csv")
+    # none/peak/rms: 3 pairs; attn vs attn_mlp: 1 pair (attn-rms-study shared, never tested twice); clips and sources
+    assert len(pairs) == 8 and set(pairs["unit"]) == {"clips", "sources"}
+    assert {"qwen2audio-attn-rms-study", "qwen2audio-attn_mlp-rms-study"} == set(pairs.iloc[-1][["a", "b"]])
+    assert (pairs["p_exact_adj"] >= pairs["p_exact"] - 1e-12).all()
     assert smoke[("qwen2audio-attn", "attn", 2)] is True and smoke[("energy", "rms", 0)] is False
     mc = pd.read_csv(run_folder / "statistics" / "mcnemar.csv")
     assert set(mc["unit"]) == {"clip_id", "group_id"} and {"ties_a", "ties_b", "dropped"} <= set(mc.columns)
