@@ -26,7 +26,6 @@ the real one, so the book's own scoring and training code runs on it unchanged (
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -96,20 +95,17 @@ def save_random_model(folder: str | Path, config=None, device: str = "cuda", see
     config = config if config is not None else config_7b()
     processor = processor_7b()
     model = build_random_model(config, device=device, torch_dtype="bfloat16", seed=seed, short_encoder=False)
-    tmp = folder.with_name(folder.name + ".partial")
-    if tmp.exists():
-        import shutil
+    from . import io
 
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, max_shard_size="5GB")
-    processor.save_pretrained(tmp)
-    (tmp / RANDOM_WEIGHTS_MARKER).write_text(json.dumps({
-        "random_weights": True,
-        "what": "the Qwen2-Audio-7B architecture with random weights (N(0, 0.02)), NOT Qwen2-Audio-7B-Instruct: "
-                "results from it test code, speed and memory, never accuracy",
-        "seed": seed, "built_by": "lib.architecture.save_random_model", "config": describe(config)}, indent=1))
+    with io.atomic_dir(folder) as tmp:  # a killed build leaves no half-written model folder
+        model.save_pretrained(tmp, max_shard_size="5GB")
+        processor.save_pretrained(tmp)
+        io.write_json(tmp / RANDOM_WEIGHTS_MARKER, {
+            "random_weights": True,
+            "what": "the Qwen2-Audio-7B architecture with random weights (N(0, 0.02)), NOT Qwen2-Audio-7B-Instruct: "
+                    "results from it test code, speed and memory, never accuracy",
+            "seed": seed, "built_by": "lib.architecture.save_random_model", "config": describe(config)})
     del model
-    tmp.rename(folder)
     return folder
 
 

@@ -183,7 +183,7 @@ def model_label(model_name_or_path: str) -> str:
     from . import mini_model
 
     if model_name_or_path == TINY:
-        return "tiny model: random-weight Qwen2-Audio (width 64), SMOKE result, not Qwen2-Audio-7B"
+        return "SMOKE (tiny model: random-weight Qwen2-Audio, width 64), not Qwen2-Audio-7B"
     if model_name_or_path in mini_model.MINI_MODELS:
         return mini_model.label(model_name_or_path)
     path = Path(str(model_name_or_path)).expanduser()
@@ -333,10 +333,9 @@ def record_gpu_peaks(interval_s: float = 1.0) -> None:
         try:
             data = {"max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                     "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
+            from . import io
+
+            io.write_json(path, data)
         except Exception:  # noqa: BLE001 - a record of memory must never break a chapter
             pass
 
@@ -628,12 +627,12 @@ class EncoderCache:
     def put(self, key: str, arr: np.ndarray) -> None:
         self._remember(key, arr)
         if self.folder is not None:
+            from . import io
+
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.speechbook-tmp")
-            with open(tmp, "wb") as f:
+            with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, arr)
-            os.replace(tmp, path)
 
     def _remember(self, key: str, arr: np.ndarray) -> None:
         if len(self.memory) >= self.max_in_memory:

@@ -96,6 +96,8 @@ def read_predictions(run_dir: str | Path) -> pd.DataFrame:
 
 def write_predictions(run_dir: str | Path, df: pd.DataFrame) -> Path:
     """Add (or replace) the rows of the systems in ``df`` in the run's predictions.csv, atomically."""
+    if "model" not in df.columns:  # a table built without predictions_frame: no model named
+        df = df.assign(model="")
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"predictions lack columns {missing}; expected {PREDICTION_COLUMNS}")

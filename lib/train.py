@@ -618,7 +618,8 @@ def train_system(cfg: dict[str, Any], run_dir: str | os.PathLike, name: str, tra
     report = adapter_report(system_dir / "adapter")
     last_dev = result.dev.iloc[-1].to_dict() if len(result.dev) else {}
     summary = {
-        "name": name, "base_model": base_name, "smoke": bool(cfg.get("smoke", base_name == M.TINY)),
+        "name": name, "base_model": base_name, "smoke": bool(cfg.get("smoke")) or base_name == M.TINY,
+        "model": M.model_label(base_name),
         "lora_variant": tc.lora_variant, "loss_masking": tc.loss_masking, "seed": tc.seed,
         "extra_trainable": tc.extra_trainable, "trainable_params": result.counts["trainable_params"],
         "total_params": result.counts["total_params"], **report, "train_clips": len(train_audios),

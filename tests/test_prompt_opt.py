@@ -205,7 +205,7 @@ def test_search_functions_refuse_any_split_but_dev(tiny):
 def test_evaluate_prompt_writes_the_predictions_table(tiny):
     swapped = P.PromptTemplate(REF.instruction, speech_first=False)
     df = P.evaluate_prompt(_scorer(tiny), _clipset("test"), swapped, system="qwen2audio-zeroshot+template", run_id="r", seed=0)
-    assert list(df.columns) == ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech"]
+    assert list(df.columns) == ["run_id", "system", "variant", "seed", "clip_id", "label", "pred", "p_speech", "model"]
     assert ((df["p_speech"] >= 0.5) == (df["pred"] == "speech")).all()
 
 

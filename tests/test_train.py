@@ -191,6 +191,7 @@ def _cfg(**kw):
 
     cfg = config.resolve("cpu")
     cfg.update(FAST)
+    cfg.update(model_name_or_path="tiny")  # the unit tests' fast model (the cpu profile's is the mini model)
     cfg.update(kw)
     return cfg
 
@@ -240,7 +241,7 @@ SCRIPT = textwrap.dedent("""
     from lib import config, train as T
     from _synth_audio import clip_set
     audios, labels = clip_set(40, seed=5, lengths=(1600, 3200))
-    cfg = config.resolve("cpu"); cfg.update({fast!r}); cfg.update(epochs=3, micro_batch_size=2, grad_accum_steps=1,
+    cfg = config.resolve("cpu"); cfg.update({fast!r}); cfg.update(model_name_or_path="tiny", epochs=3, micro_batch_size=2, grad_accum_steps=1,
                                                                 checkpoint_every_steps=3)
     T.train_system(cfg, sys.argv[1], "s", audios, labels, progress=False)
 """)

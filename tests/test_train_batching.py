@@ -31,7 +31,12 @@ def test_same_effective_batch_same_training(tmp_path):
     assert len(ha) == len(hb) == 2
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)  # Adam: near-zero grads are noisy
+        # Adam's first step moves each weight by about lr * sign(gradient): where a gradient is within float rounding
+        # of zero, the two summation orders can give it opposite signs (seen: one element of 1024, by 6.9e-4). So:
+        # nearly every element agrees to rounding, and none moves by more than the two steps' updates could.
+        diff = (a[name] - b[name]).abs()
+        assert float((diff <= 1e-5 + 1e-4 * b[name].abs()).float().mean()) >= 0.995, name
+        assert float(diff.max()) <= 2 * 2 * 1e-3, name
 
 
 def test_learning_rate_rule_and_batch_split():
