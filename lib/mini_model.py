@@ -101,6 +101,7 @@ def ensure_mini_model(name: str = "mini") -> Path:
 
 
 # ------------------------------------------------------------------------------------ the choice, on dev
+CHOICE_DEV_CLIPS = 600  # bench/mini_choice.py --dev, as the runs below were made
 CHOICE_RUNS = {  # bench/runs file -> what was trained (bench/mini_choice.py, 1200 train clips, 3 epochs, 600 dev clips)
     "2026-12-02_mini_choice_h128.txt": ("Whisper-tiny.en", 8.2, 128),
     "2026-12-02_mini_choice_base.txt": ("Whisper-base", 20.6, 128),
@@ -125,17 +126,26 @@ def choice_table(runs_dir: str | Path) -> "Any":
     return pd.DataFrame(rows)
 
 
-def choice_text(table: "Any", chosen: str) -> str:
-    """The choice in words, from the table's numbers (dev only)."""
+def encoder_time_ratio(runs_dir: str | Path) -> float:
+    """Encoder CPU time per clip, base over tiny.en, measured side by side (bench/encoder_time.py's raw output)."""
+    import re
+
+    text = (Path(runs_dir) / "2026-12-02_encoder_time.txt").read_text()
+    return float(re.search(r"ratio base / tiny.en: ([\d.]+)", text).group(1))
+
+
+def choice_text(table: "Any", chosen: str, time_ratio: float) -> str:
+    """The choice in words, from the table's numbers (dev only) and the measured encoder cost."""
     import numpy as np
 
     acc = table["dev_balanced_accuracy_epoch_3"].to_numpy()
-    n_dev = 600
-    se = float(np.sqrt(0.84 * 0.16 / n_dev))
+    n_dev = CHOICE_DEV_CLIPS
+    p = float(acc.mean())
+    se = float(np.sqrt(p * (1 - p) / n_dev))
     spread = acc.max() - acc.min()
     return (f"After 3 epochs the configurations reach dev balanced accuracy {acc.min():.3f} to {acc.max():.3f}: a spread of "
             f"{spread:.3f}, about {spread / se:.1f} standard errors of one estimate on {n_dev} dev clips ({se:.3f}). "
             f"Nothing here separates them, so the cheapest is the book's model: the Whisper-tiny.en encoder "
             f"({table['encoder_params_m'].min():g} M parameters against {table['encoder_params_m'].max():g} M for base, which "
-            f"costs about {table['encoder_params_m'].max() / table['encoder_params_m'].min():.1f} times as much per clip) and "
+            f"took {time_ratio:.1f} times as long per clip on this CPU, measured side by side: bench/encoder_time.py) and "
             f"the {MINI_TEXT['hidden_size']}-wide LM. This run uses `{chosen}` ({label(chosen) if chosen in MINI_MODELS else chosen}).")
