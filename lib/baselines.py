@@ -640,5 +640,5 @@ def score_bank(
     return predictions_frame(
         run_id=run_id, system=system.name, variant=variant, seed=seed,
         clip_ids=df["clip_id"].astype(str).tolist(), labels=df["label"].tolist(),
-        p_speech=np.concatenate(scores), threshold=float(getattr(system, "threshold", 0.5)),
+        p_speech=np.concatenate(scores), threshold=float(getattr(system, "threshold", 0.5)), model=getattr(system, "model_label", ""),
     )

@@ -554,8 +554,9 @@ def evaluate_prompt(scorer: PromptScorer, test: ClipSet, template: PromptTemplat
     if test.split != "test":
         raise ValueError(f"evaluate_prompt scores the test split, got {test.split!r}")
     p, pred = scorer.score(test, template)
+    source = getattr(M.unwrap(scorer.model), "speechbook_source", {}).get("model_name_or_path", "")
     return predictions_frame(run_id=run_id, system=system, variant=variant, seed=seed, clip_ids=test.clip_ids,
-                             labels=list(test.labels), p_speech=p, pred=list(pred))
+                             labels=list(test.labels), p_speech=p, pred=list(pred), model=M.model_label(source) if source else "")
 
 
 def find_finetuned_system(run_dir: str | Path, variant: str | None = None, name: str | None = None) -> tuple[str, Path, dict] | None:
