@@ -596,9 +596,9 @@ class EncoderCache:
     scoring pass on the CPU; every chapter, seed and prompt would recompute the same outputs. Each clip's output is
     keyed by the sha1 of its own mel features (its valid frames: the same clip gives the same key in any batch),
     so a cached output is exactly what that clip's features give, whatever bank, split or normalization it came
-    from. Only used when the tower has no trainable parameters and is the model's own (not a trained copy), and
-    the folder is named by the tower's weights, so outputs of other weights are never mixed in. Outputs computed in
-    a batch of other lengths may differ from a lone clip's in the last float bits, as any batched computation does.
+    from. Each clip is encoded alone, so its output does not depend on the batch it first came in. Only used when
+    the tower has no trainable parameters and is the model's own (not a trained copy), and the folder is named by
+    the encoder's source files, so outputs of other weights are never mixed in.
     """
 
     def __init__(self, folder: str | os.PathLike | None = None, max_in_memory: int = 100_000):
@@ -653,13 +653,15 @@ class EncoderCache:
         missing = [i for i, r in enumerate(rows) if r is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        if missing:
-            idx = torch.as_tensor(missing, device=input_features.device)
+        for i in missing:
+            # each clip alone, on its own frames plus the padding the short path gives it: the stored output is then
+            # a function of the clip's features only, whatever batch, process or order first met it (a resumed
+            # training reads exactly what an uninterrupted one computed)
+            n = min(int(frames_np[i]) + 4 + (int(frames_np[i]) % 2), feats_np.shape[-1])
             with torch.no_grad():
-                out = _encode(tower, input_features[idx], feat_lengths[idx]).float().cpu().numpy()
-            for j, i in enumerate(missing):
-                rows[i] = out[j, : int(out_lengths[i])].copy()
-                self.put(keys[i], rows[i])
+                out = _encode(tower, input_features[i: i + 1, :, :n], feat_lengths[i: i + 1]).float().cpu().numpy()
+            rows[i] = out[0, : int(out_lengths[i])].copy()
+            self.put(keys[i], rows[i])
         n_positions = (input_features.shape[-1] - 2) // 2 + 1
         n_out = (n_positions - 2) // 2 + 1
         hidden = np.zeros((len(rows), n_out, rows[0].shape[-1]), dtype=np.float32)
@@ -989,6 +991,12 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
     pool = ThreadPoolExecutor(1, thread_name_prefix="speechbook-inputs") if prefetch and len(batches) > 1 else None
     stack = contextlib.ExitStack()
     stack.enter_context(scoring_kernels(model, fused=fused, plan_free_attention=plan_free_attention))
+    if shared_prefix and batches:
+        # built before the prefetching worker starts: a fast tokenizer's padding settings are shared state, and a
+        # tokenization here while the worker pads a batch gave the worker ragged, unpadded ids (seen in CI)
+        with torch.inference_mode():
+            prefix = SharedPrefix.for_prompt(model, processor, prompt)
+        shared_prefix = prefix is not None
     try:
         pending: collections.deque = collections.deque()
         ahead = iter(batches)
@@ -1004,9 +1012,6 @@ def score(model, processor, audios: Sequence[np.ndarray], prompt: str = DEFAULT_
                         pending.append(pool.submit(make, nxt))
                 else:
                     inputs = make(idx)
-                if shared_prefix and prefix is None:
-                    prefix = SharedPrefix.for_prompt(model, processor, prompt)
-                    shared_prefix = prefix is not None
                 out = answer_logits(model, inputs, ids, prefix=prefix)
                 if pool is None:
                     logits[idx] = out.cpu().numpy()

@@ -31,7 +31,7 @@ from lib import config, results, systems
 from lib import train as T
 
 run_dir, delay = sys.argv[1], float(sys.argv[2])
-cfg = config.resolve("cpu", seed=3, epochs=2, micro_batch_size=2, grad_accum_steps=1, checkpoint_every_steps=1,
+cfg = config.resolve("cpu", model_name_or_path="tiny", seed=3, epochs=2, micro_batch_size=2, grad_accum_steps=1, checkpoint_every_steps=1,
                      lora_r=4, lora_alpha=8, learning_rate=1e-3, extra_trainable=["multi_modal_projector"],
                      eval_batch_size=8)
 
