@@ -27,6 +27,32 @@ def main() -> None:
     for name, v in times.items():
         print(f"{name}: encoder {min(v):.1f} ms per clip (best of 3 passes over 64 clips of 100-1000 ms, 1 thread)")
     print(f"ratio base / tiny.en: {min(times['mini-base']) / min(times['mini']):.2f}")
+    group_against_alone(models["mini"], clips)
+
+
+def group_against_alone(mini, clips) -> None:
+    """The encoder cache's cost per clip: equal-length clips in fixed groups of lib.model.ENCODE_GROUP rows (what it
+    does) against each clip alone (what it did before; both give batch-independent outputs), side by side."""
+    from lib import model as M
+
+    model, processor = mini
+    alone: list[float] = []
+    grouped: list[float] = []
+    for _ in range(3):
+        group, M.ENCODE_GROUP = M.ENCODE_GROUP, 1  # groups of one row: each clip alone
+        try:
+            model.speechbook_encoder_cache = M.EncoderCache()
+            t0 = time.perf_counter()
+            M.encoder_outputs(model, processor, clips, batch_size=64)
+            alone.append((time.perf_counter() - t0) / len(clips) * 1000)
+        finally:
+            M.ENCODE_GROUP = group
+        model.speechbook_encoder_cache = M.EncoderCache()
+        t0 = time.perf_counter()
+        M.encoder_outputs(model, processor, clips, batch_size=64)
+        grouped.append((time.perf_counter() - t0) / len(clips) * 1000)
+    print(f"encoder cache, each clip alone: {min(alone):.1f} ms per clip; in groups of {M.ENCODE_GROUP}: "
+          f"{min(grouped):.1f} ms per clip; ratio {min(alone) / min(grouped):.2f}")
 
 
 if __name__ == "__main__":

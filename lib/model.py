@@ -589,6 +589,10 @@ def _encode(tower, input_features, feat_lengths):
     return tower(input_features, attention_mask=attn).last_hidden_state
 
 
+ENCODE_GROUP = 16  # rows per encoder call of EncoderCache: fixed, so that every row's result is batch-independent
+CACHE_FORMAT = 2   # the cache folder's version: 1 encoded clips alone (other bits), 2 in ENCODE_GROUP groups
+
+
 class EncoderCache:
     """Outputs of a FROZEN audio encoder per clip, in memory and (with ``folder``) on disk.
 
@@ -596,7 +600,8 @@ class EncoderCache:
     scoring pass on the CPU; every chapter, seed and prompt would recompute the same outputs. Each clip's output is
     keyed by the sha1 of its own mel features (its valid frames: the same clip gives the same key in any batch),
     so a cached output is exactly what that clip's features give, whatever bank, split or normalization it came
-    from. Each clip is encoded alone, so its output does not depend on the batch it first came in. Only used when
+    from. Clips are encoded in fixed-size groups of equal length, so an output does not depend on the batch it first
+    came in. Only used when
     the tower has no trainable parameters and is the model's own (not a trained copy), and the folder is named by
     the encoder's source files, so outputs of other weights are never mixed in.
     """
@@ -653,15 +658,26 @@ class EncoderCache:
         missing = [i for i, r in enumerate(rows) if r is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
+        # Equal-length clips are encoded together in groups of exactly ENCODE_GROUP rows (zero rows fill the last
+        # group): with the shapes fixed, CPU kernels give each row the same bits whatever its companions or position
+        # (tests/test_mini_model.py checks it), so a stored output is a function of the clip's features only, whatever
+        # batch, process or order first met it, and a resumed training reads exactly what an uninterrupted one computed.
+        # One clip at a time gives that too, at twice the cost per clip (bench/runs/2026-12-02_encoder_group.txt).
+        groups: dict[tuple[int, int], list[int]] = {}
         for i in missing:
-            # each clip alone, on its own frames plus the padding the short path gives it: the stored output is then
-            # a function of the clip's features only, whatever batch, process or order first met it (a resumed
-            # training reads exactly what an uninterrupted one computed)
             n = min(int(frames_np[i]) + 4 + (int(frames_np[i]) % 2), feats_np.shape[-1])
-            with torch.no_grad():
-                out = _encode(tower, input_features[i: i + 1, :, :n], feat_lengths[i: i + 1]).float().cpu().numpy()
-            rows[i] = out[0, : int(out_lengths[i])].copy()
-            self.put(keys[i], rows[i])
+            groups.setdefault((n, int(feat_lengths[i])), []).append(i)
+        for (n, length), members in groups.items():
+            for start in range(0, len(members), ENCODE_GROUP):
+                chunk = members[start: start + ENCODE_GROUP]
+                feats = input_features.new_zeros((ENCODE_GROUP, input_features.shape[1], n))
+                feats[: len(chunk)] = input_features[chunk, :, :n]
+                lengths = feat_lengths.new_full((ENCODE_GROUP,), length)
+                with torch.no_grad():
+                    out = _encode(tower, feats, lengths).float().cpu().numpy()
+                for j, i in enumerate(chunk):
+                    rows[i] = out[j, : int(out_lengths[i])].copy()
+                    self.put(keys[i], rows[i])
         n_positions = (input_features.shape[-1] - 2) // 2 + 1
         n_out = (n_positions - 2) // 2 + 1
         hidden = np.zeros((len(rows), n_out, rows[0].shape[-1]), dtype=np.float32)
@@ -681,7 +697,7 @@ def encoder_cache_folder(path: str | os.PathLike) -> Path | None:
     if not encoder:
         return None
     tag = hashlib.sha256(json.dumps(encoder, sort_keys=True).encode()).hexdigest()[:16]
-    return PROJECT_ROOT / "checkpoints" / "encoder_cache" / tag
+    return PROJECT_ROOT / "checkpoints" / "encoder_cache" / f"{tag}-v{CACHE_FORMAT}"
 
 
 def hidden_states(model, inputs, prefix: "SharedPrefix | None" = None) -> "Any":

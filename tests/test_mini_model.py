@@ -83,6 +83,25 @@ def test_the_encoder_cache_changes_no_score(mini, tmp_path):
     assert (cold.pred == plain.pred).all()
 
 
+def test_a_cached_output_is_the_same_bits_whatever_batch_first_met_the_clip(mini):
+    """The cache encodes equal-length clips in fixed-size groups: a clip's stored output must not depend on its
+    companions, its position or how many clips came with it (exact resume relies on it)."""
+    model, processor = mini
+    rng = np.random.default_rng(3)
+    clip = rng.standard_normal(8000).astype(np.float32) * 0.1
+    others = [rng.standard_normal(8000).astype(np.float32) * 0.1 for _ in range(20)]
+    saved, outs = model.speechbook_encoder_cache, []
+    try:
+        for before, after in ((0, 0), (5, 0), (0, 15), (16, 4)):
+            batch = others[:before] + [clip] + others[before: before + after]
+            model.speechbook_encoder_cache = M.EncoderCache()  # empty: the clip is encoded with this batch
+            outs.append(M.encoder_outputs(model, processor, batch, batch_size=64)[before])
+    finally:
+        model.speechbook_encoder_cache = saved
+    for out in outs[1:]:
+        assert np.array_equal(out, outs[0])
+
+
 def test_a_trained_audio_tower_never_reads_the_cache(mini):
     from lib import train as TR
 
