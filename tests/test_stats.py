@@ -345,10 +345,10 @@ def test_batched_bootstrap_fitter_agrees_with_lbfgsb():
         p = 0.5 + 0.47 / (1 + np.exp(-(-12 + 2.2 * t)))
         ks.append(rng.binomial(200, p).astype(float))
     ks = np.array(ks)
-    batch = stats._best_batch(t, ks, np.tile(n, (30, 1)), 0.5, 0.1, [(-10.0, 2.0, 0.02), (1.0, 0.0, 0.01)])
+    batch = stats.psychometric._best_batch(t, ks, np.tile(n, (30, 1)), 0.5, 0.1, [(-10.0, 2.0, 0.02), (1.0, 0.0, 0.01)])
     for k, prm in zip(ks, batch):
-        core, nll_core, _ = stats._fit_core(t, k, n, 0.5, 0.1)
-        nll_batch = stats._nll_and_grad(prm, t, k, n, 0.5)[0]
+        core, nll_core, _ = stats.psychometric._fit_core(t, k, n, 0.5, 0.1)
+        nll_batch = stats.psychometric._nll_and_grad(prm, t, k, n, 0.5)[0]
         assert nll_batch <= nll_core + 1e-3
 
 
