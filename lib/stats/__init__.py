@@ -34,7 +34,7 @@ from .intervals import percentile_interval, wilson_interval, wilson_intervals
 from .metrics import (METRICS, POSITIVE, balanced_accuracy, binary_metrics, class_counts, metrics_from_counts,
                       truth_and_correct, weighted_auc)
 from .paired import adjust_p, adjust_within, collapse_majority, holm, mcnemar_exact, mcnemar_midp, mcnemar_table, mcnemar_test
-from .power import (design_effect, discordance, mcnemar_detectable_difference, mcnemar_exact_power, mcnemar_sample_size,
+from .power import (design_effect, design_effect_within_class, discordance, paired_power, mcnemar_detectable_difference, mcnemar_exact_power, mcnemar_sample_size,
                     power_table, two_proportion_sample_size)
 from .predictions import add_system_label, read_bank, select, system_keys, system_label, with_bank
 from .psychometric import FLAGS, PsychometricFit, describe_threshold, fit_psychometric, psychometric_levels, psychometric_threshold
@@ -48,7 +48,7 @@ __all__ = [
     "METRICS", "POSITIVE", "balanced_accuracy", "binary_metrics", "class_counts", "metrics_from_counts",
     "truth_and_correct", "weighted_auc",
     "adjust_p", "adjust_within", "collapse_majority", "holm", "mcnemar_exact", "mcnemar_midp", "mcnemar_table", "mcnemar_test",
-    "design_effect", "discordance", "mcnemar_detectable_difference", "mcnemar_exact_power", "mcnemar_sample_size",
+    "design_effect", "design_effect_within_class", "discordance", "paired_power", "mcnemar_detectable_difference", "mcnemar_exact_power", "mcnemar_sample_size",
     "power_table", "two_proportion_sample_size",
     "add_system_label", "read_bank", "select", "system_keys", "system_label", "with_bank",
     "FLAGS", "PsychometricFit", "describe_threshold", "fit_psychometric", "psychometric_levels", "psychometric_threshold",

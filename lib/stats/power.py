@@ -132,3 +132,31 @@ def discordance(predictions: pd.DataFrame, system_a: Any, system_b: Any) -> dict
     analysis's inputs, taken from a run)."""
     r = mcnemar_test(predictions, system_a, system_b)
     return {"p10": r["a_only"] / r["n"], "p01": r["b_only"] / r["n"], "psi": (r["a_only"] + r["b_only"]) / r["n"], "n": r["n"]}
+
+
+def design_effect_within_class(values: Sequence[float], labels: Sequence[Any], groups: Sequence[Any]) -> dict[str, float]:
+    """``design_effect`` of ``values`` centred within each class (each value minus its class's mean).
+
+    The bank fixes how many sources each class has, so a difference between the classes is design, not
+    sampling noise: left in, it would count as agreement within sources (every source holds one class)."""
+    v = pd.Series(np.asarray(values, float))
+    centred = (v - v.groupby(np.asarray(labels)).transform("mean")).values
+    return design_effect(centred, groups)
+
+
+def paired_power(tests: pd.DataFrame, deff: float = 1.0, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """For McNemar tests on clips (rows of ``mcnemar_table``): the discordance ``psi``, the clips a difference
+    of the size observed would need (``mcnemar_sample_size`` x ``deff``; NaN when both systems made the same
+    errors), the smallest difference these clips detect (``mcnemar_detectable_difference``), and whether the
+    split is ``large_enough`` (None where no difference was seen)."""
+    out = tests.copy()
+    out["psi"] = (out["a_only"] + out["b_only"]) / out["n"]
+    need = []
+    for _, r in out.iterrows():
+        d, psi = abs(r["a_only"] - r["b_only"]) / r["n"], r["psi"]  # from the counts: |delta| <= psi exactly
+        need.append(int(np.ceil(mcnemar_sample_size(d, psi, alpha, power) * deff)) if d > 0 else np.nan)
+    out["clips_needed"] = need
+    out["detectable"] = [mcnemar_detectable_difference(r["n"], r["psi"], alpha, power, deff=deff) if r["psi"] > 0 else np.nan
+                         for _, r in out.iterrows()]
+    out["large_enough"] = [None if not np.isfinite(c) else bool(c <= n) for c, n in zip(out["clips_needed"], out["n"])]
+    return out
