@@ -1210,7 +1210,7 @@ def test_a_half_written_base_model_says_delete_it_to_rebuild(tmp_path, monkeypat
 
     folder = tmp_path / "tiny-qwen2-audio"
     M.build_tiny_model(folder)
-    monkeypatch.setattr(M, "tiny_model_dir", lambda: folder)
+    monkeypatch.setattr(M.build.tiny, "tiny_model_dir", lambda: folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
     with pytest.raises(M.DamagedFilesError, match=r"tiny-qwen2-audio is damaged: model\.safetensors differs .*delete the folder to rebuild it"):
