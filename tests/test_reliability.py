@@ -594,7 +594,7 @@ def _scan(path: Path) -> tuple[list[tuple[str, int, str]], dict[str, list[bool]]
 
 
 def test_every_writer_in_lib_is_atomic():
-    scans = {p.name: _scan(p) for p in sorted(LIB.glob("*.py")) if p.name != "io.py"}
+    scans = {p.relative_to(LIB).as_posix(): _scan(p) for p in sorted(LIB.rglob("*.py")) if p.relative_to(LIB).as_posix() != "io.py"}
     calls: dict[str, list[bool]] = {}
     for _, c in scans.values():
         for name, flags in c.items():
