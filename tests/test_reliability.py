@@ -550,6 +550,8 @@ MODULE_WRITERS = {("torch", "save"), ("np", "save"), ("numpy", "save"), ("np", "
 ALLOWED = {
     ("data.py", "_lock"): "an flock lock file; it holds no data",
     ("downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
+    ("parallel.py", "_quiet_worker"): "opens os.devnull for a worker's output; writes no file",
+    ("sweep.py", "_sweep_beside_book"): "appends the background sweep's log lines (a log, not a result)",
 }
 
 
