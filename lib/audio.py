@@ -21,7 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-SR = 16000
+from . import io
+
+SR = 16000  # the book's one sample rate (Hz): every clip, model input and detector works at it
 SNR_RANGE_DB = (-10.0, 20.0)
 DURATION_RANGE_MS = (20, 1000)
 RT60_RANGE_S = (0.0, 2.5)
@@ -65,15 +67,12 @@ def load_audio(path: str | os.PathLike, sr: int = SR) -> np.ndarray:
     """
     import soundfile as sf
 
-    path = Path(path)
-    if not path.exists():
-        if path.is_symlink():
-            raise AudioError(f"{path} is a broken symbolic link or a link loop; fix the link, or drop its row from the manifest")
-        raise AudioError(f"audio file not found: {path} (check the path, or the manifest row that names it)")
-    if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file; check the path, or drop its row from the manifest")
-    if not path.is_file():
-        raise AudioError(f"{path} is not a regular file (a FIFO, device or socket); copy the audio into a file first")
+    path = io.check_regular_file(path, AudioError, {
+        "broken_link": "{path} is a broken symbolic link or a link loop; fix the link, or drop its row from the manifest",
+        "missing": "audio file not found: {path} (check the path, or the manifest row that names it)",
+        "folder": "{path} is a folder, not an audio file; check the path, or drop its row from the manifest",
+        "special": "{path} is not a regular file (a FIFO, device or socket); copy the audio into a file first",
+    })
     ext = path.suffix.lower()
     if ext not in AUDIO_EXTENSIONS:
         raise AudioError(

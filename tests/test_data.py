@@ -271,7 +271,7 @@ def test_failed_build_leaves_the_good_bank_untouched(syn_bank, synthetic_corpus,
             raise RuntimeError("simulated crash mid-build")
         return real(row, cache, **kw)
 
-    monkeypatch.setattr(data, "render_clip", flaky)
+    monkeypatch.setattr(data.bank, "render_clip", flaky)  # the name build_bank calls
     with pytest.raises(RuntimeError, match="simulated crash"):
         data.build_bank(bank_cfg(synthetic_corpus, folder.parent), force=True, progress=False)
     assert tree_hashes(folder) == before
