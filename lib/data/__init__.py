@@ -13,7 +13,6 @@ The modules, in the order the data flows through them:
 * ``bank``: the content-addressed bank folder, built atomically or reused (``build_bank``);
 * ``loading``: the one bank reader (``load_bank``) and the clips, level-normalized at load time;
 * ``shortcuts``: can a trivial feature (bandwidth, level) tell the classes apart?
-* ``composition``: what the bank holds, as chapter 01's tables and figures show it.
 
 ``from lib import data; data.build_bank(cfg)`` keeps working: the public names are re-exported here.
 """
