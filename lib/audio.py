@@ -166,6 +166,12 @@ def rms_dbfs(x: np.ndarray) -> float:
     return 10.0 * np.log10(p) if p > 0 else -np.inf
 
 
+def peak_dbfs(x: np.ndarray) -> float:
+    """Peak level ``20 log10 max|x|`` in dB relative to full scale (a full-scale sample is 0 dBFS); -inf for silence."""
+    p = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    return 20 * np.log10(p) if p > 0 else -np.inf
+
+
 def snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
     """The SNR of two components, ``10 log10(P_signal / P_noise)`` over the clip."""
     return 10.0 * np.log10(power(signal) / power(noise))

@@ -19,7 +19,7 @@ The modules, in the order the data flows through them:
 from __future__ import annotations
 
 from .bank import BANK_VERSION, bank_hash, bank_root, build_bank, find_bank
-from .loading import load_bank, load_bank_meta, load_clip, load_clips
+from .loading import load_bank, load_bank_meta, load_clip, load_clips, require_bank
 from .plan import (
     ACTIVE_WINDOW_DB, BANDLIMIT_SHARE, BANK_PARAM_KEYS, CONTEXT_POST_S, CONTEXT_PRE_S, DESIGNS, bank_params, ofat_reference,
     plan_bank, select_sources,

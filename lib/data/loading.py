@@ -110,3 +110,15 @@ def with_progress(items: Iterable, enabled: bool, desc: str) -> Iterable:
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, mininterval=2.0, unit="clip")
+
+
+def require_bank(run_dir: str | os.PathLike | None, bank_manifest: str | os.PathLike | None) -> None:
+    """Refuse to go on without a built bank: a chapter that only reads one needs ``bank_manifest`` or a run
+    folder where chapter 01 recorded its bank (``bank.yaml``); FileNotFoundError says how to get one."""
+    if bank_manifest is None and (run_dir is None or not (Path(run_dir) / "bank.yaml").exists()):
+        raise FileNotFoundError(
+            "this chapter needs a bank: run chapter 01_data_prep first (`make book` or "
+            "`python -m lib book --chapters 01 02`) and pass its run folder as run_dir, "
+            "or pass bank_manifest=<path to a bank's manifest.csv>"
+            + (f" (run folder {run_dir} has no bank.yaml)" if run_dir is not None else "")
+        )
