@@ -236,6 +236,12 @@ def test_regions(tmp_path):
     assert gaps == [(0.0, 0.5), (6.0, 11.5), (19.0, 25.0)]
 
 
+
+def test_merge_intervals():
+    got = rttm.merge_intervals([(5.0, 6.0), (1.0, 2.0), (1.5, 3.0), (3.0, 4.0), (7.0, 7.0), (8.0, 7.5)])
+    assert got == [(1.0, 4.0), (5.0, 6.0)]  # overlapping and touching merged, empty and reversed ones dropped
+    assert rttm.merge_intervals([]) == []
+
 def test_rttm_folder_sources_never_cross_annotations(tmp_path):
     folder = tmp_path / "recs"
     (folder / "audio").mkdir(parents=True)
