@@ -7,7 +7,7 @@ normalization; ``split_variant`` reads them back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib.figure
 import matplotlib.pyplot as plt
@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from .. import plots, stats
-from .levels import NORMS, cue
+from .levels import NORMS
 
 BASELINES = ("energy", "logmel", "silero_vad", "firered_vad", "webrtc_vad")
 TRAINED = ("energy", "logmel")
