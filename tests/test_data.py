@@ -430,6 +430,10 @@ def test_bank_meta_and_require_bank(syn_bank, tmp_path):
     meta = data.load_bank_meta(syn_bank)
     assert meta == yaml.safe_load((syn_bank.parent / "bank.yaml").read_text()) and meta["complete"] is True
     assert data.load_bank_meta(syn_bank.parent) == meta  # the folder works as well as its manifest
+    sources, noise = data.bank_sources(syn_bank)  # the material the bank was rendered from, read again
+    expected = data.sources_from_local(meta["data_dir"])
+    pd.testing.assert_frame_equal(sources, expected[0])
+    pd.testing.assert_frame_equal(noise, expected[1])
     with pytest.raises(ManifestError, match=r"bank\.yaml does not exist"):
         data.load_bank_meta(tmp_path / "manifest.csv")
     data.require_bank(None, syn_bank)

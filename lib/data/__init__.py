@@ -31,6 +31,7 @@ from .schema import (
 )
 from .shortcuts import shortcut_findings, shortcut_report
 from .sources import (
-    fingerprint, load_sources, read_corpus_manifest, read_esc50_meta, sources_from_esc50, sources_from_local, strip_segment,
+    bank_sources, fingerprint, load_sources, read_corpus_manifest, read_esc50_meta, sources_from_esc50, sources_from_local,
+    strip_segment,
 )
 from .splits import assign_splits, check_splits, split_disjointness, split_table

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .. import audio
-from .loading import load_bank, load_bank_meta
-from .sources import load_sources
+from .loading import load_bank
+from .sources import bank_sources
 
 BANDLIMITS = ("none", "telephone", "lowpass_4000", "lowpass_5500")
 
@@ -176,10 +176,7 @@ class ClipParts:
 
 def bank_source_audio(manifest: str | os.PathLike) -> SourceAudio:
     """The clean sources and noise recordings a built bank was rendered from (its ``bank.yaml`` says which)."""
-    meta = load_bank_meta(manifest)
-    cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None, "downloads_dir": meta.get("downloads_dir") or None}
-    sources, noise, _ = load_sources(cfg)
-    return SourceAudio(pd.concat([sources, noise], ignore_index=True))
+    return SourceAudio(pd.concat(bank_sources(manifest), ignore_index=True))
 
 
 def regenerate(manifest: str | os.PathLike, clip_ids: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:

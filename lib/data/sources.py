@@ -26,6 +26,7 @@ from .. import audio, io
 from ..config import PROJECT_ROOT, resolve_data_dir
 from . import downloads
 from .downloads import DownloadError
+from .loading import load_bank_meta
 from .rttm import sources_from_rttm_folder
 from .schema import CORPUS_LABELS, CORPUS_REQUIRED, ManifestError, resolve_under
 
@@ -217,3 +218,12 @@ def load_sources(cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, st
         sources, noise = sources_from_rttm_folder(Path(folder), dataset=Path(folder).name)
         return sources, noise, fingerprint(Path(folder))
     raise ValueError(f"unknown data_source {kind!r}; valid: local, esc50_voxconverse, rttm_folder (parameter 'data_source')")
+
+
+def bank_sources(manifest: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(sources, noise)`` a built bank was rendered from: its ``bank.yaml`` names the parameters and the
+    material (corpus folder or downloads folder), read again here."""
+    meta = load_bank_meta(manifest)
+    cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None, "downloads_dir": meta.get("downloads_dir") or None}
+    sources, noise, _ = load_sources(cfg)
+    return sources, noise
