@@ -53,6 +53,13 @@ def die_with_parent() -> None:
     torch.set_num_threads(1)  # the workers share the cores out between them
 
 
+def _quiet_worker() -> None:
+    """A pool worker: dies with its parent, one thread, and prints nothing (its progress bars and "Loading weights"
+    lines would interleave with the book's console; the chapter reports each job as it ends)."""
+    die_with_parent()
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
 def _call(job: Job) -> Any:
     return job.fn(*job.args, **dict(job.kwargs))
 
@@ -67,7 +74,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, log: Callable[[str], None] | Non
             if log and job.name:
                 log(f"{job.name}: done")
         return out
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=die_with_parent)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
     try:
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
         submitted = {i: pool.apply_async(_call, (jobs[i],)) for i in order}

@@ -73,9 +73,9 @@ def fit_encoder_probe(model_name: str, bank: pd.DataFrame, manifest: str | Path,
     (``lib.probe.WhisperProbe``, ``C`` and threshold chosen on dev), saved as a system of the run and its test
     predictions written to the run's ``predictions.csv``. Only mini models have a frozen pretrained encoder;
     for any other model the probe is skipped. Returns a Markdown sentence on what was done."""
-    from .. import mini_model, probe
+    from .. import model, probe
 
-    if model_name not in mini_model.MINI_MODELS:
+    if model_name not in model.MINI_MODELS:
         return (f"The probe needs a model whose encoder is frozen and pretrained (the mini models); "
                 f"`{model_name}` is not one, so it is skipped here.")
     t0 = time.monotonic()
@@ -85,6 +85,6 @@ def fit_encoder_probe(model_name: str, bank: pd.DataFrame, manifest: str | Path,
     tower_probe.save_to_run(run_dir, tower_probe.name)
     results.write_predictions(run_dir, baselines.score_bank(tower_probe, bank, manifest, split="test", run_id=run_id, progress=False))
     by_c = tower_probe.fit_info["dev_balanced_accuracy_by_C"]
-    return (f"Probe on the {mini_model.label(model_name)}'s encoder: `C` = {tower_probe.C:g} chosen on dev "
+    return (f"Probe on the {model.model_label(model_name)}'s encoder: `C` = {tower_probe.C:g} chosen on dev "
             f"(dev balanced accuracy by C: {', '.join(f'{c}: {b:.3f}' for c, b in by_c.items())}), "
             f"threshold {tower_probe.threshold:.3f}; fitted and scored in {time.monotonic() - t0:.0f} s.")
