@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from .audio import SR as SAMPLE_RATE  # the book's one sample rate
 from .stats.metrics import balanced_accuracy, metrics_from_counts
 
-SAMPLE_RATE = 16000
 SILERO_WINDOW = 512  # samples per Silero frame at 16 kHz (32 ms); fixed by the model
 NORMALIZATIONS = ("none", "peak", "rms")
 MODEL_FILE = "model.skops"

@@ -101,3 +101,38 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+class _Refused(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["regular", "broken_link", "link_loop", "missing", "folder", "fifo", "device"])
+def test_check_regular_file_names_what_the_path_is(tmp_path, kind):
+    import os
+    from pathlib import Path
+
+    p = tmp_path / "x.csv"
+    if kind == "regular":
+        p.write_text("a\n")
+    elif kind == "broken_link":
+        p.symlink_to(tmp_path / "gone.csv")
+    elif kind == "link_loop":
+        p.symlink_to(p)
+    elif kind == "folder":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "device":
+        p.symlink_to(Path("/dev/null"))
+    messages = {k: f"{k}: {{path}}" for k in ("broken_link", "missing", "folder", "special")}
+    if kind == "regular":
+        assert io.check_regular_file(str(p), _Refused, messages) == p
+        return
+    expected = {"link_loop": "broken_link", "fifo": "special", "device": "special"}.get(kind, kind)
+    error = FileNotFoundError if kind == "missing" else _Refused
+    with pytest.raises(error, match=rf"^{expected}: .*x\.csv$"):
+        io.check_regular_file(p, _Refused, messages, missing_error=FileNotFoundError)
+    if kind == "missing":  # without missing_error, a missing path raises the caller's error too
+        with pytest.raises(_Refused, match="^missing: "):
+            io.check_regular_file(p, _Refused, messages)

@@ -548,8 +548,8 @@ MODULE_WRITERS = {("torch", "save"), ("np", "save"), ("numpy", "save"), ("np", "
                   ("yaml", "safe_dump"), ("joblib", "dump"), ("pickle", "dump"), ("wavfile", "write"), ("sf", "write"),
                   ("soundfile", "write"), ("shutil", "copy"), ("shutil", "copy2"), ("shutil", "move")}
 ALLOWED = {
-    ("data.py", "_lock"): "an flock lock file; it holds no data",
-    ("downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
+    ("data/bank.py", "_lock"): "an flock lock file; it holds no data",
+    ("data/downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
     ("parallel.py", "_quiet_worker"): "opens os.devnull for a worker's output; writes no file",
     ("sweep.py", "_sweep_beside_book"): "appends the background sweep's log lines (a log, not a result)",
 }
