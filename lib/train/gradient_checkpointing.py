@@ -1,6 +1,6 @@
 """Gradient checkpointing: recompute activations in backward instead of keeping them, to train in less memory.
 
-The modes trade memory for time (their costs on the 7B are in BENCHMARKS.md, "checkpointing modes"):
+The modes trade memory for time (their costs on the 7B: BENCHMARKS.md, "v4c. all checkpointing modes"):
 
 * ``"layers"``: every decoder layer (Hugging Face's ``gradient_checkpointing_enable``): the least memory, but
   every layer's forward runs twice.

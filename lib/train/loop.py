@@ -129,14 +129,14 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", epoch=epoch + 1)
                     epoch_done = state["micro"] >= len(epoch_batches)
-                    dev = None
+                    dev_row = None
                     if epoch_done:
                         if dev_audios is not None and len(dev_audios):
-                            dev = {"epoch": epoch + 1, "step": state["step"],
-                                   **dev_metrics(model, processor, dev_audios, dev_labels, tc)}
-                            state["dev"].append(dev)
-                            bar.write(f"epoch {epoch + 1}: dev accuracy {dev['dev_accuracy']:.3f}, balanced "
-                                      f"{dev['dev_balanced_accuracy']:.3f}, loss {dev['dev_loss']:.4f}")
+                            dev_row = {"epoch": epoch + 1, "step": state["step"],
+                                       **dev_metrics(model, processor, dev_audios, dev_labels, tc)}
+                            state["dev"].append(dev_row)
+                            bar.write(f"epoch {epoch + 1}: dev accuracy {dev_row['dev_accuracy']:.3f}, balanced "
+                                      f"{dev_row['dev_balanced_accuracy']:.3f}, loss {dev_row['dev_loss']:.4f}")
                         state["epoch"] += 1
                         state["micro"] = 0
                     checkpoint = None
@@ -146,7 +146,7 @@ def train(model, processor, train_audios: Sequence[np.ndarray], train_labels: Se
                         if parallel is not None:
                             parallel.barrier()
                     if on_step is not None:
-                        on_step(Step(state["step"], done, loss, lr, dev, checkpoint))
+                        on_step(Step(state["step"], done, loss, lr, dev_row, checkpoint))
     model.eval()
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     dev = pd.DataFrame(state["dev"], columns=DEV_COLUMNS)
