@@ -9,7 +9,7 @@ Read in this order, each module one idea:
 * :mod:`.loss`: the loss on the answer token (or every text token, the ablation) and one step's gradient;
 * :mod:`.gradient_checkpointing`: trading compute for memory;
 * :mod:`.checkpoints`: everything a killed run needs to resume bit for bit, refused for another run;
-* :mod:`.parallel`: data parallelism over several processes;
+* :mod:`.data_parallel`: data parallelism over several processes (one run's batches shared out);
 * :mod:`.loop`: :func:`train`, the loop itself, with a per-step callback;
 * :mod:`.system`: the whole recipe as the chapters run it: :func:`train_on_bank` and :func:`train_system`
   train and save a system that ``python -m lib predict`` loads.
@@ -24,7 +24,7 @@ from .lora import (LORA_VARIANTS, adapted_modules, adapter_report, apply_lora, l
                    target_modules_regex, trainable_modules)
 from .loop import Step, TrainResult, dev_metrics, train, write_history
 from .loss import LABEL_TO_ANSWER, accumulate_gradients, answers_for, batch_loss
-from .parallel import DataParallel
+from .data_parallel import DataParallel
 from .recipe import TrainConfig, profile_recipe, scaled_learning_rate, split_batch
 from .system import BaseModelConfig, split_rows, system_name, train_on_bank, train_system
 

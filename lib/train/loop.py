@@ -26,7 +26,7 @@ from .checkpoints import resume_from_latest, run_fingerprint, save_checkpoint, s
 from .gradient_checkpointing import set_gradient_checkpointing
 from .lora import parameter_counts
 from .loss import accumulate_gradients, answers_for
-from .parallel import DataParallel
+from .data_parallel import DataParallel
 from .recipe import TrainConfig
 
 HISTORY_COLUMNS = ["step", "epoch", "loss", "lr"]

@@ -9,7 +9,7 @@ import numpy as np
 from .. import model as M
 
 if TYPE_CHECKING:
-    from .parallel import DataParallel
+    from .data_parallel import DataParallel
     from .recipe import TrainConfig
 
 LABEL_TO_ANSWER = {"speech": "A", "nonspeech": "B"}

@@ -19,7 +19,7 @@ from .. import model as M
 from ..config import section
 from .lora import adapter_report, apply_lora
 from .loop import Step, train
-from .parallel import DataParallel
+from .data_parallel import DataParallel
 from .recipe import TrainConfig
 
 
