@@ -250,13 +250,13 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, *, ne
     from .plots import set_house_style  # every chapter's figures in the book's one style
 
     set_house_style()
-    if random_weights(cfg):  # a random-weight 7B folder (lib.architecture.save_random_model): code and cost only
+    if random_weights(cfg):  # a random-weight 7B folder (bench.architecture.save_random_model): code and cost only
         cfg["smoke"] = True
     return cfg
 
 
 def random_weights(cfg: Mapping[str, Any]) -> bool:
-    from .architecture import is_random_weights
+    from .model.build.qwen7b import is_random_weights
 
     return is_random_weights(cfg.get("model_name_or_path"))
 

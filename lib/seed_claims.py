@@ -192,9 +192,9 @@ def lora_parameter_count(config, names: Sequence[str], r: int = 16, lm_only: boo
     of ``config``, built on the meta device (no memory). Split by part: language model and audio tower."""
     import torch
 
-    from .architecture import _meta_model
+    from .model.build.qwen7b import meta_model
 
-    model = _meta_model(config)
+    model = meta_model(config)
     counts = {"language_model": 0, "audio_tower": 0, "other": 0, "modules": 0}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] not in names:
@@ -211,7 +211,7 @@ def lora_parameter_count(config, names: Sequence[str], r: int = 16, lm_only: boo
 def lora_parameter_table(config=None, r: int = 16) -> pd.DataFrame:
     """Every reading of :data:`TARGET_READINGS` on ``config`` (default: Qwen2-Audio-7B): parameters, size in
     fp32 and bf16 (MB = 10^6 bytes), and the seed's published figure for that variant beside it."""
-    from .architecture import config_7b
+    from .model.build.qwen7b import config_7b
 
     config = config if config is not None else config_7b()
     rows = []

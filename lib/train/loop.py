@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import fast_lora as FL
+from ..model.fast import lora as FL
 from .. import io
 from .. import model as M
 from . import batches

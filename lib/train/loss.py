@@ -35,7 +35,7 @@ def batch_loss(model, processor, audios: Sequence[np.ndarray], answers: Sequence
     mask = inputs["attention_mask"].to(h.device).bool()
     targets = ids[:, 1:]
     if tc.loss_masking:
-        suffix_lens = {M._cached(processor, ("suffix_len", tc.prompt, a), lambda a=a: len(processor.tokenizer(
+        suffix_lens = {M.cached_on_processor(processor, ("suffix_len", tc.prompt, a), lambda a=a: len(processor.tokenizer(
             M.answer_suffix(processor, tc.prompt, a), add_special_tokens=False).input_ids)) for a in set(answers)}
         if len(suffix_lens) != 1:
             raise ValueError("the answers' turns differ in token length; cannot locate the answer position")

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .. import fast_lora as FL
+from ..model.fast import lora as FL
 from ..config import resolve, section
 from .gradient_checkpointing import checkpointing_mode
 from .lora import check_variant
@@ -49,7 +49,7 @@ class TrainConfig:
     seed: int
     prompt: str
     gradient_checkpointing: bool | str  # False | "layers" (True) | "layers:N" | "mlp": set_gradient_checkpointing
-    lora_kernel: str  # "fused": lib.fast_lora's layers (+ one-kernel RMSNorm on a GPU) | "peft": peft's forward
+    lora_kernel: str  # "fused": lib.model.fast.lora's layers (+ one-kernel RMSNorm on a GPU) | "peft": peft's forward
 
     def __post_init__(self) -> None:
         check_variant(self.lora_variant)
