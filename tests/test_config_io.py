@@ -1,6 +1,9 @@
 """Profiles, overrides and atomic writes."""
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
 import pandas as pd
 import pytest
 
@@ -39,6 +42,33 @@ def test_typo_in_profile_lists_profiles():
 def test_none_override_keeps_profile_value_and_others_win():
     cfg = config.resolve("cpu", {"seed": None, "epochs": 7})
     assert cfg["seed"] == config.load_profile("cpu")["seed"] and cfg["epochs"] == 7
+
+
+def test_a_section_is_the_profiles_values_with_overrides_and_names_what_is_wrong():
+    @dataclass
+    class Schedule:
+        SECTION: ClassVar[str] = "schedule"
+        epochs: int
+        learning_rate: float
+
+    cfg = config.resolve("cpu")
+    assert config.section(cfg, Schedule) == Schedule(cfg["epochs"], cfg["learning_rate"])  # other keys ignored
+    assert config.section(cfg, Schedule, epochs=9, learning_rate=None) == Schedule(9, cfg["learning_rate"])  # None keeps
+    with pytest.raises(config.ConfigError, match=r"unknown schedule parameter\(s\) \['epoch'\]; valid: epochs, learning_rate$"):
+        config.section(cfg, Schedule, epoch=9)
+    with pytest.raises(config.ConfigError, match=r"schedule parameter\(s\) \['learning_rate'\] missing .*lib\.config\.resolve"):
+        config.section({"epochs": 3}, Schedule)
+    with pytest.raises(TypeError, match="builds a dataclass"):
+        config.section(cfg, dict)
+    # every field of the code's sections is a profile key: the profile is the one place where defaults live
+    from lib import train
+
+    for cls in (train.TrainConfig, train.BaseModelConfig):
+        names = {f.name for f in fields(cls)}
+        assert names <= set(config.valid_keys()), names - set(config.valid_keys())
+        assert all(f.default is f.default_factory for f in fields(cls)), f"{cls.__name__} declares a default"
+        for profile in config.available_profiles():
+            config.section(config.resolve(profile), cls)
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):
