@@ -1,4 +1,4 @@
-# speechbook: `make book` runs every chapter in order; `make test` runs the tests.
+# speechbook: `make book` runs every chapter in order; `make test` runs the fast tier of the tests.
 # The virtual environment is made on first use (and again whenever pyproject.toml changes).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,11 +13,12 @@ CHAPTERS ?=
 SET ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup book sweep train-ddp test test-browser test-all lab clean-notebooks bench rerun status
+.PHONY: help setup book sweep train-ddp test test-slow test-ci test-browser test-all lab clean-notebooks bench rerun status
 
 help:
 	@echo "make book [PROFILE=cpu|full] [RUN_ID=name] [CHAPTERS='01 03'] [SET='seed=1 epochs=2']"
-	@echo "make test | make test-browser | make lab | make bench"
+	@echo "make test (fast tier) | make test-slow | make test-ci (fast + slow) | make test-browser | make test-all"
+	@echo "make lab | make bench"
 
 setup: $(VENV)/.installed
 
@@ -50,7 +51,18 @@ rerun: setup
 status: setup
 	$(PY) -m lib status results/$(PROFILE)/$(RUN_ID)
 
+# The tests come in tiers, by pytest marker (pyproject.toml): `slow` for notebooks through papermill and training end
+# to end, `browser` for JupyterLab in headless Chromium; everything else is the fast tier.
+# The fast tier: unit and integration tests (synthetic audio, the corpus when present); under 10 minutes on 2 cores.
 test: setup
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# The slow tier: every chapter on a synthetic corpus, the whole book on the real one, kill/resume, DDP, sweeps.
+test-slow: setup
+	$(PY) -m pytest -m "slow and not browser" $(PYTEST_ARGS)
+
+# What CI runs before the browser test: the fast and slow tiers in one session (shared fixtures built once).
+test-ci: setup
 	$(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
 # JupyterLab in headless Chromium: needs Debian's chromium (.ci/browser-setup.sh installs it).
@@ -58,7 +70,7 @@ test-browser: setup
 	bash .ci/browser-setup.sh
 	$(PY) -m pytest -m browser tests/browser $(PYTEST_ARGS)
 
-test-all: test test-browser
+test-all: test-ci test-browser
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
