@@ -4,7 +4,7 @@
 
 What a user with the real weights runs first is ``make book PROFILE=full SET='model_name_or_path=<folder>'``.
 This runs exactly that (:func:`lib.book.run_book` on the ``full`` profile) on a model folder that
-:func:`lib.architecture.save_random_model` writes first if it is missing (the 7B architecture, random bf16
+:func:`bench.architecture.save_random_model` writes first if it is missing (the 7B architecture, random bf16
 weights, the real processor), with the reductions given by ``--set`` (a smaller bank, fewer prompt-optimisation
 steps). Per chapter it records the wall time (``status.json``), the peak GPU memory as PyTorch reserved and
 allocated it in the chapter's kernel (:func:`lib.model.record_gpu_peaks`) and as ``nvidia-smi`` reported it while
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lib import architecture as A
+    from bench import architecture as A
     from lib import book
     from lib import model as M
     from lib.config import resolve
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
 def markdown(res: dict) -> str:
     lines = [f"{res['model']}; {res['env'].get('gpu')}, {res['env'].get('cpu_count')} CPU cores.", ""]
     if "build_folder_s" in res:
-        lines.append(f"- model folder written by lib.architecture.save_random_model in {res['build_folder_s']} s "
+        lines.append(f"- model folder written by bench.architecture.save_random_model in {res['build_folder_s']} s "
                      f"({res['folder_gib']} GiB)")
     for q, l in (res.get("loads") or {}).items():
         lines.append(f"- lib.model.load_model ({q}): {l['load_s']} s; 64 clips scored in {l['score_64_s']} s; peak GiB "

@@ -33,20 +33,18 @@ def main() -> None:
 def group_against_alone(mini, clips) -> None:
     """The encoder cache's cost per clip: equal-length clips in fixed groups of lib.model.ENCODE_GROUP rows (what it
     does) against each clip alone (what it did before; both give batch-independent outputs), side by side."""
+    from bench.switches import encode_group
     from lib import model as M
 
     model, processor = mini
     alone: list[float] = []
     grouped: list[float] = []
     for _ in range(3):
-        group, M.ENCODE_GROUP = M.ENCODE_GROUP, 1  # groups of one row: each clip alone
-        try:
+        with encode_group(1):  # groups of one row: each clip alone
             model.speechbook_encoder_cache = M.EncoderCache()
             t0 = time.perf_counter()
             M.encoder_outputs(model, processor, clips, batch_size=64)
             alone.append((time.perf_counter() - t0) / len(clips) * 1000)
-        finally:
-            M.ENCODE_GROUP = group
         model.speechbook_encoder_cache = M.EncoderCache()
         t0 = time.perf_counter()
         M.encoder_outputs(model, processor, clips, batch_size=64)

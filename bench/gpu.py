@@ -22,7 +22,7 @@ One run prints, side by side, for bf16 and NF4:
   plain (HF forward with labels, padded encoder; micro-batch 2 x accumulation 8 as the seed, and 16 x 1 as the
   book, ``--plain-recipes``) against the book's
   :func:`lib.train.train` (micro-batch 16, short encoder, frozen encoder without autograd), with
-  :mod:`lib.fast_lora`'s layers and with peft's side by side (``--book-lora-kernels``), in NF4 also under the
+  :mod:`lib.model.fast.lora`'s layers and with peft's side by side (``--book-lora-kernels``), in NF4 also under the
   gradient-checkpointing modes of ``--nf4-checkpointing``; end to end from the WAV files, checkpoints included;
 * training at scale (``scale``): one epoch over ``--scale-clips`` (4096) new mix clips, the book's path against
   plain 16 x 1, clips/s and the ratio to the bound;
@@ -30,7 +30,7 @@ One run prints, side by side, for bf16 and NF4:
   use on the device as ``nvidia-smi`` reports it (sampled every 20 ms while the figure runs: what must fit a
   card), and each figure's ratio to its bound: the larger of the FLOP floor (the
   least arithmetic the task needs, counted from the config and the clips' token counts by
-  :mod:`lib.architecture`, over the bf16 matrix-product rate measured in the same run) and the byte floor (the
+  :mod:`bench.architecture`, over the bf16 matrix-product rate measured in the same run) and the byte floor (the
   weights read once per forward pass, over the copy bandwidth measured in the same run);
 * a check that the short-encoder path gives the padded path's logits within tolerance and the same decisions
   on every clip, on the 7B in fp32 (TF32 off) and in bf16; and that one training micro-batch gives peft's loss
@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import targets as TG
-from lib import architecture as A
+from bench import architecture as A
 from lib import model as M
 
 SR = 16000
@@ -638,8 +638,8 @@ def training_figure(model, processor, paths, labels, dtype: str, path: str, tc, 
 # ------------------------------------------------------------------------------------------------- checks
 def equivalence_check(model, processor, clips, device: str, label: str) -> dict:
     """Short-encoder + shared-prefix path vs the padded path (same code, 30-s features) vs HF's own forward."""
-    ref = M.score(model, processor, clips, batch_size=8, short_encoder=False, shared_prefix=False, prefetch=False).logits
-    short = M.score(model, processor, clips, batch_size=8, shared_prefix=False, prefetch=False).logits
+    ref = M.fast.score(model, processor, clips, batch_size=8, short_encoder=False, shared_prefix=False, prefetch=False).logits
+    short = M.fast.score(model, processor, clips, batch_size=8, shared_prefix=False, prefetch=False).logits
     book = M.score(model, processor, clips, batch_size=8).logits
     hf_idx = [i for i, c in enumerate(clips) if len(c) >= 0.06 * SR]  # HF's merge differs under 60 ms
     hf = plain_score(model, processor, [clips[i] for i in hf_idx], 8, device)
@@ -669,11 +669,11 @@ def equivalence_check(model, processor, clips, device: str, label: str) -> dict:
 
 def training_check(model, processor, clips, device: str, label: str) -> dict:
     """One training micro-batch (loss and LoRA gradients, dropout on, the same seed) through peft's layers, the
-    fused ones (``lib.fast_lora``), and the fused ones with one-kernel norms as ``lib.train.train`` runs them on a
+    fused ones (``lib.model.fast.lora``), and the fused ones with one-kernel norms as ``lib.train.train`` runs them on a
     GPU. LoRA's B starts at zero in peft; here it is drawn at random so that every gradient is exercised."""
     import torch
 
-    from lib import fast_lora as FL
+    from lib.model.fast import lora as FL
     from lib import train as T
 
     tc = recipe(len(clips), 1)
@@ -799,7 +799,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nf4-checkpointing", default="mlp,layers:24,layers",
                     help="gradient-checkpointing modes of the extra NF4 book recipes (lib.train.set_gradient_checkpointing)")
     ap.add_argument("--book-lora-kernels", default="fused,peft",
-                    help="LoRA layers of the book's recipes, each run side by side (lib.fast_lora: fused, peft)")
+                    help="LoRA layers of the book's recipes, each run side by side (lib.model.fast.lora: fused, peft)")
     ap.add_argument("--plain-recipes", default="16x1,2x8",
                     help="micro-batch x accumulation of the plain recipes (the seed's 2 x 8; 16 x 1 as the book uses)")
     ap.add_argument("--plain-2x8-epochs", type=int, default=None,

@@ -4,7 +4,7 @@ Trains one configuration the way chapter 03 does (LoRA attn r=16 + the projector
 seeded subset of the cpu bank's train split and reports dev accuracy per epoch and the wall time; the choice is
 made on dev only. Usage (one configuration per process, so each has the machine's threads to itself):
 
-    python -m bench.mini_choice mini 1200 3          # Whisper-tiny.en encoder, the LM of lib.mini_model.MINI_TEXT
+    python -m bench.mini_choice mini 1200 3          # Whisper-tiny.en encoder, the LM of lib.model.build.mini.MINI_TEXT
     python -m bench.mini_choice mini-base 1200 3     # Whisper-base encoder
     python -m bench.mini_choice mini 1200 3 --hidden 256 --intermediate 768   # a wider LM (built in a temp folder)
 
@@ -17,7 +17,8 @@ import os
 import tempfile
 import time
 
-from lib import config, data, evaluate, mini_model, model as M, train as TR
+from lib import config, data, evaluate, model as M, train as TR
+from lib.model.build import mini as mini_model
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import gpu as G
-from lib import architecture as A
+from bench import architecture as A
+from bench import switches as SW
 from lib import model as M
 
 
@@ -93,7 +94,7 @@ def score_e2e(model, processor, paths, lengths, device: str, batch: int) -> dict
         for rep in range(2):
             G.reset_peak(device)
             t0 = time.perf_counter()
-            M.score(model, processor, M.ClipFiles(paths), batch_size=batch, lengths=lengths, **kw)
+            M.fast.score(model, processor, M.ClipFiles(paths), batch_size=batch, lengths=lengths, **kw)
             G.sync(device)
             s = time.perf_counter() - t0
             out[f"{label}_{rep}"] = {"seconds": s, "clips_per_s": len(paths) / s, "peak_gib": G.peak_gib(device)}
@@ -160,7 +161,7 @@ def step_times(model, processor, paths, device: str, variants: list[str], rounds
     in one step (the sum of its kernels' times, torch.profiler) and the peak memory."""
     import torch
 
-    from lib import fast_lora as FL
+    from lib.model.fast import lora as FL
     from lib import train as T
 
     tc = G.recipe(16, 1)
@@ -251,42 +252,42 @@ def cold_passes(model, processor, root: Path, ctx: dict, device: str, batch: int
         b = int(rest[1]) if len(rest) > 1 else batch
         opts = set(name.split("+"))  # book (the defaults), +cudnn: attention on cuDNN, +cat: prefix joined by torch.cat
         plan_free = "cudnn" not in opts
-        M.PREFIX_JOIN = "cat" if "cat" in opts else "copy"
-        paths = G.make_sets(root / f"cold{k}", size, seed=100 + k)["mix"]
-        lengths = [G.LENGTHS[str(p)] for p in paths]
-        bound_s = sum(A.clip_bound_flops(cfg, m, n_text, n_prefix) for m in lengths) / rate
-        r = {"n_clips": size, "batch": b, "bound_clips_per_s": round(size / bound_s, 1), "passes": []}
-        for i in range(2):
-            G.sync(device)
-            t0 = time.perf_counter()
-            M.score(model, processor, M.ClipFiles(paths), batch_size=b, lengths=lengths, plan_free_attention=plan_free)
-            G.sync(device)
-            s = time.perf_counter() - t0
-            r["passes"].append({"e2e_clips_per_s": round(size / s, 1), "e2e_over_bound": round(s / bound_s, 3)})
-        g = G.gpu_side(model, processor, G.load(paths), b, "book", device, plan_free=plan_free)
-        r["gpu_clips_per_s"] = round(g["clips_per_s"], 1)
-        r["gpu_over_bound"] = round(g["seconds"] / bound_s, 3)
-        r["gpu_tflops_executed"] = round(g["flops_executed"] / g["seconds"] / 1e12, 1)
-        r["padding_flops_ratio"] = round(g["flops_executed"] / (bound_s * rate), 3)
-        if len(opts) > 1 or k == 0:
-            audios = G.load(paths[:batch])
-            x = G._device_inputs(M.make_inputs(processor, audios), device, True)
+        with SW.prefix_join("cat" if "cat" in opts else "copy"):
+            paths = G.make_sets(root / f"cold{k}", size, seed=100 + k)["mix"]
+            lengths = [G.LENGTHS[str(p)] for p in paths]
+            bound_s = sum(A.clip_bound_flops(cfg, m, n_text, n_prefix) for m in lengths) / rate
+            r = {"n_clips": size, "batch": b, "bound_clips_per_s": round(size / bound_s, 1), "passes": []}
+            for i in range(2):
+                G.sync(device)
+                t0 = time.perf_counter()
+                M.fast.score(model, processor, M.ClipFiles(paths), batch_size=b, lengths=lengths, plan_free_attention=plan_free)
+                G.sync(device)
+                s = time.perf_counter() - t0
+                r["passes"].append({"e2e_clips_per_s": round(size / s, 1), "e2e_over_bound": round(s / bound_s, 3)})
+            g = G.gpu_side(model, processor, G.load(paths), b, "book", device, plan_free=plan_free)
+            r["gpu_clips_per_s"] = round(g["clips_per_s"], 1)
+            r["gpu_over_bound"] = round(g["seconds"] / bound_s, 3)
+            r["gpu_tflops_executed"] = round(g["flops_executed"] / g["seconds"] / 1e12, 1)
+            r["padding_flops_ratio"] = round(g["flops_executed"] / (bound_s * rate), 3)
+            if len(opts) > 1 or k == 0:
+                audios = G.load(paths[:batch])
+                x = G._device_inputs(M.make_inputs(processor, audios), device, True)
 
-            def one():
-                with torch.inference_mode(), M.scoring_kernels(model, plan_free_attention=plan_free):
-                    prefix = M.SharedPrefix.for_prompt(model, processor)
-                    M.answer_logits(model, x, ids, prefix=prefix)
+                def one():
+                    with torch.inference_mode(), M.scoring_kernels(model, plan_free_attention=plan_free):
+                        prefix = M.SharedPrefix.for_prompt(model, processor)
+                        M.answer_logits(model, x, ids, prefix=prefix)
 
-            one()
-            prof = kernel_breakdown(one, device, top=20)
-            r["profile_by_category_ms"] = prof["by_category_ms"]
-            r["profile_top"] = prof["top"]
-            print(v, "profile", prof["by_category_ms"], flush=True)
-            for row in prof["top"][:14]:
-                print("   ", round(row["ms"], 2), row["calls"], row["kernel"], flush=True)
-        out[v] = r
-        print("cold", v, {kk: vv for kk, vv in r.items() if not kk.startswith("profile")}, flush=True)
-        G.free(device)
+                one()
+                prof = kernel_breakdown(one, device, top=20)
+                r["profile_by_category_ms"] = prof["by_category_ms"]
+                r["profile_top"] = prof["top"]
+                print(v, "profile", prof["by_category_ms"], flush=True)
+                for row in prof["top"][:14]:
+                    print("   ", round(row["ms"], 2), row["calls"], row["kernel"], flush=True)
+            out[v] = r
+            print("cold", v, {kk: vv for kk, vv in r.items() if not kk.startswith("profile")}, flush=True)
+            G.free(device)
     return out
 
 

@@ -66,11 +66,11 @@ def model_of(spec: str) -> str:
 
 def model_label(base_model: str) -> str:
     """Which Qwen2-Audio a LoRA system is built on, in one word (mini, tiny, 7B)."""
-    from lib import mini_model
+    from lib.model import MINI_MODELS
 
     if not base_model:
         return ""
-    if base_model in mini_model.MINI_MODELS:  # mini (Whisper-tiny.en) or mini-base: both are the mini model
+    if base_model in MINI_MODELS:  # mini (Whisper-tiny.en) or mini-base: both are the mini model
         return "mini"
     b = base_model.lower()
     if b == "tiny" or "tiny" in Path(b).name:

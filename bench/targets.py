@@ -127,7 +127,7 @@ TARGETS: tuple[Target, ...] = (
 # agree to float rounding and decide every clip alike; in bf16 / NF4 rounding moves logits by up to about 6%
 # (measured on the H100: rel 5.6e-2 to 7.2e-2, max |d| 0.2), so decisions must agree on every clip whose
 # reference margin |logit_A - logit_B| is at least CONFIDENT_MARGIN. Training: one micro-batch through
-# lib.fast_lora's layers against peft's (v4e/v4f: fp32 rel 2.5e-6; bf16 / NF4 1.7e-2 to 2.6e-2, cosine >= 0.99967).
+# lib.model.fast.lora's layers against peft's (v4e/v4f: fp32 rel 2.5e-6; bf16 / NF4 1.7e-2 to 2.6e-2, cosine >= 0.99967).
 CONFIDENT_MARGIN = 0.5
 CHECK_TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"rel_l2": 1e-3, "loss_abs": 1e-4, "grad_rel_l2": 1e-4, "grad_rel_l2_norms": 1e-3, "grad_cosine": 0.99999},

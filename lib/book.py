@@ -250,13 +250,13 @@ def setup_chapter(profile: str = "cpu", run_dir: str | Path | None = None, *, ne
     from .plots import set_house_style  # every chapter's figures in the book's one style
 
     set_house_style()
-    if random_weights(cfg):  # a random-weight 7B folder (lib.architecture.save_random_model): code and cost only
+    if random_weights(cfg):  # a random-weight 7B folder (bench.architecture.save_random_model): code and cost only
         cfg["smoke"] = True
     return cfg
 
 
 def random_weights(cfg: Mapping[str, Any]) -> bool:
-    from .architecture import is_random_weights
+    from .model.build.qwen7b import is_random_weights
 
     return is_random_weights(cfg.get("model_name_or_path"))
 
@@ -503,9 +503,17 @@ def _run_locked(
     total = len(steps)
     log(f"speechbook: profile {profile}, run folder {run_dir}" + (" (resuming)" if resuming and done else ""))
     name = ""
+    # On a CPU with cores to spare, the sweep runs beside the chapters from the moment the bank exists
+    beside = SWEEP_STEP in step_names and SWEEP_STEP not in done and not int(cfg["sweep_gpus"]) and int(cfg["cpu_workers"]) >= 2
+    background = None
     try:
         for i, step in enumerate(steps, 1):
             name = step.stem if isinstance(step, Path) else step
+            if beside and background is None and (run_dir / "bank.yaml").exists():
+                from .sweep import start_beside_book
+
+                background = start_beside_book(profile, overrides, run_dir, cfg, notebooks_dir)
+                log(f"sweep: started beside the chapters (log: {run_dir / 'sweep.log'})")
             if name in done:
                 log(f"[{i}/{total}] {name}: already done in this run, skipped")
                 continue
@@ -516,6 +524,8 @@ def _run_locked(
             if step == SWEEP_STEP:
                 from .sweep import run_sweep
 
+                if background is not None:
+                    background.join()  # then run_sweep finds its members complete (or resumes one that failed, and says why)
                 run_sweep(profile, overrides, run_dir, cfg["sweep_seeds"], cfg["sweep_variants"],
                           [str(c) for c in cfg["sweep_chapters"]], gpus=int(cfg["sweep_gpus"]), log=log,
                           notebooks_dir=notebooks_dir)
@@ -527,11 +537,19 @@ def _run_locked(
             io.write_json(_status_path(run_dir), status)
             log(f"[{i}/{total}] {name}: done in {seconds:.1f}s")
     except (KeyboardInterrupt, SystemExit):
+        if background is not None:
+            from .sweep import stop_beside_book
+
+            stop_beside_book(background)
         status["state"] = "interrupted"
         io.write_json(_status_path(run_dir), status)
         log(f"interrupted: rerun the same command to finish run {run_dir.name}")
         raise
     except Exception as err:
+        if background is not None:
+            from .sweep import stop_beside_book
+
+            stop_beside_book(background)
         if status["state"] != "failed":  # a chapter failure has recorded itself already
             status["state"] = "failed"
             status["chapters"][name] = {"state": "failed", "error": f"{type(err).__name__}: {err}"}

@@ -37,7 +37,7 @@ class WhisperProbe:
         self.threshold = 0.5
         self.fit_info: dict[str, Any] = {}
         self._model = self._processor = None
-        from .mini_model import MINI_MODELS, label
+        from .model.build.mini import MINI_MODELS, label
 
         # its numbers come from the mini model's encoder: say so wherever they are shown
         self.model_label = (f"linear probe on the audio encoder of the {label(base_model)}" if base_model in MINI_MODELS

@@ -340,7 +340,7 @@ class TextOptimizer:
             model, processor = M.load_model(name_or_path, torch_dtype=torch_dtype, device=device)
             return cls.from_audio_model(model, processor, **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=M._dtype(torch_dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=M.resolve_dtype(torch_dtype))
         model.to(M.pick_device(device)).eval()
         return cls(model, tokenizer, None, name=name_or_path, **kw)
 

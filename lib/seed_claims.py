@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import data, results, stats
+from . import data, parallel, results, stats
 
 NORMALIZATIONS = ("none", "peak", "rms")
 STUDY_SUFFIX = "-study"
@@ -54,6 +54,10 @@ SEED_NORMALIZATION = "peak"
 
 
 # ---------------------------------------------------------------------------------------------- study systems
+FULL_LOSS_COST = 10.0  # a full-sequence-loss training's cost against a masked one's on a CPU (151,649-way logits at
+                       # every text position): the scheduling weight of lib.parallel, so the costly arm starts first
+
+
 def study_system_name(lora_variant: str, normalization: str, loss_masking: bool = True) -> str:
     """``qwen2audio-<variant>-<normalization>-study``: a system trained with the study recipe (``-fullloss``
     before ``-study`` when the loss covers the whole sequence). No ``+`` (chapter 06 reads ``+`` as a
@@ -188,9 +192,9 @@ def lora_parameter_count(config, names: Sequence[str], r: int = 16, lm_only: boo
     of ``config``, built on the meta device (no memory). Split by part: language model and audio tower."""
     import torch
 
-    from .architecture import _meta_model
+    from .model.build.qwen7b import meta_model
 
-    model = _meta_model(config)
+    model = meta_model(config)
     counts = {"language_model": 0, "audio_tower": 0, "other": 0, "modules": 0}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] not in names:
@@ -207,7 +211,7 @@ def lora_parameter_count(config, names: Sequence[str], r: int = 16, lm_only: boo
 def lora_parameter_table(config=None, r: int = 16) -> pd.DataFrame:
     """Every reading of :data:`TARGET_READINGS` on ``config`` (default: Qwen2-Audio-7B): parameters, size in
     fp32 and bf16 (MB = 10^6 bytes), and the seed's published figure for that variant beside it."""
-    from .architecture import config_7b
+    from .model.build.qwen7b import config_7b
 
     config = config if config is not None else config_7b()
     rows = []
@@ -372,39 +376,50 @@ def train_and_score_seed_design(cfg: Mapping[str, Any], seed_manifest: str | Pat
     score each on the 32-clip test, the 96-clip extended test and ``book_test`` (rows of the book's bank), each
     under peak normalization. Predictions go to ``seed_replication/<set>/predictions.csv`` (one folder per clip
     set, so that each file holds one set of clips) and are returned by set."""
+    sets = {"test32": (splits["test32"], str(seed_manifest)), "extended96": (splits["extended96"], str(seed_manifest)),
+            "book_test": (book_test, str(book_manifest))}
+    arms = seed_design_arms(cfg)
+    # each arm trains and scores in its own job, side by side on cpu_workers processes (lib.parallel)
+    jobs = [parallel.Job(_train_and_score_seed_arm, (dict(cfg), str(seed_manifest), splits["train"], sets, arm),
+                         name=f"{arm['lora_variant']} seed {arm['seed']}" + ("" if arm["loss_masking"] else " full loss"),
+                         cost=1.0 if arm["loss_masking"] else FULL_LOSS_COST) for arm in arms]
+    done = parallel.run_jobs(jobs, parallel.worker_count(cfg, len(jobs)))
+    for arm, (folder, seconds, _) in zip(arms, done):
+        log(f"{folder}: trained in {seconds:.0f} s")
+    out = {}
+    for k in sets:
+        out[k] = pd.concat([frames[k] for _, _, frames in done], ignore_index=True)
+        results.write_predictions(Path(cfg["run_dir"]) / "seed_replication" / k, out[k])
+    return out
+
+
+def _train_and_score_seed_arm(cfg: Mapping[str, Any], seed_manifest: str, train: pd.DataFrame,
+                              sets: Mapping[str, tuple[pd.DataFrame, str]], arm: Mapping[str, Any]
+                              ) -> tuple[str, float, dict[str, pd.DataFrame]]:
+    """One arm of :func:`train_and_score_seed_design`: its folder, training seconds and predictions by clip set."""
+    from .evaluate import system_name
     from .systems import load_system
     from .train import train_system
 
     root = Path(cfg["run_dir"]) / "seed_replication"
     recipe = seed_design_recipe(cfg)
     norm = recipe["normalization"]
-    train = splits["train"]
-    train_audio = data.load_clips(train, seed_manifest, normalization=norm)
-    sets = {"test32": (splits["test32"], seed_manifest), "extended96": (splits["extended96"], seed_manifest),
-            "book_test": (book_test, book_manifest)}
-    audio = {k: data.load_clips(rows, m, normalization=norm) for k, (rows, m) in sets.items()}
-    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in sets}
-    from .evaluate import system_name
-
-    for arm in seed_design_arms(cfg):
-        system = system_name(arm["lora_variant"], arm["loss_masking"])
-        folder = f"{system}-seed{arm['seed']}"
-        run_cfg = {**cfg, "normalization": norm, "seed": arm["seed"], "epochs": recipe["epochs"], "run_dir": str(root)}
-        summary = train_system(run_cfg, root, folder, train_audio, train["label"].tolist(), train_ids=train["clip_id"].tolist(),
-                               progress=progress, lora_variant=arm["lora_variant"], loss_masking=arm["loss_masking"])
-        log(f"{folder}: trained in {summary['train_wall_s']:.0f} s")
-        scorer = load_system(f"{root}:{folder}")
-        for k, (rows, _) in sets.items():
-            p = np.asarray(scorer.score(audio[k]), dtype=float)
-            frames[k].append(results.predictions_frame(
-                run_id=cfg["run_id"], system=system, variant=arm["lora_variant"], seed=arm["seed"],
-                clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p, model=scorer.model_label))
-        del scorer
-    out = {}
-    for k, parts in frames.items():
-        out[k] = pd.concat(parts, ignore_index=True)
-        results.write_predictions(root / k, out[k])
-    return out
+    system = system_name(arm["lora_variant"], arm["loss_masking"])
+    folder = f"{system}-seed{arm['seed']}"
+    run_cfg = {**cfg, "normalization": norm, "seed": arm["seed"], "epochs": recipe["epochs"], "run_dir": str(root)}
+    summary = train_system(run_cfg, root, folder, data.load_clips(train, seed_manifest, normalization=norm),
+                           train["label"].tolist(), train_ids=train["clip_id"].tolist(), progress=False,
+                           lora_variant=arm["lora_variant"], loss_masking=arm["loss_masking"])
+    seconds = float(summary["train_wall_s"])
+    del summary
+    scorer = load_system(f"{root}:{folder}")
+    frames = {}
+    for k, (rows, manifest) in sets.items():
+        p = np.asarray(scorer.score(data.load_clips(rows, manifest, normalization=norm)), dtype=float)
+        frames[k] = results.predictions_frame(
+            run_id=cfg["run_id"], system=system, variant=arm["lora_variant"], seed=arm["seed"],
+            clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p, model=scorer.model_label)
+    return folder, seconds, frames
 
 
 def adapter_sizes(run_dir: str | Path, names: Iterable[str]) -> pd.DataFrame:
@@ -420,17 +435,37 @@ def adapter_sizes(run_dir: str | Path, names: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def train_study_systems(cfg: Mapping[str, Any], manifest: str | Path, arms: Sequence[tuple[str, str, bool]],
+                        seed: int | None = None) -> list[dict[str, Any]]:
+    """Train (or resume) the study systems ``arms`` = [(LoRA variant, normalization, loss masking), ...], side by side
+    on ``cpu_workers`` processes (:mod:`lib.parallel`); their summaries (name, system_dir, times, dev metrics), in order."""
+    arms = list(dict.fromkeys((str(v), str(n), bool(m)) for v, n, m in arms))
+    jobs = [parallel.Job(_train_study_summary, (dict(cfg), str(manifest), v, n), {"seed": seed, "loss_masking": m},
+                         name=study_system_name(v, n, m), cost=1.0 if m else FULL_LOSS_COST) for v, n, m in arms]
+    return parallel.run_jobs(jobs, parallel.worker_count(cfg, len(jobs)))
+
+
+def _train_study_summary(cfg: Mapping[str, Any], manifest: str, lora_variant: str, normalization: str,
+                         seed: int | None = None, loss_masking: bool = True) -> dict[str, Any]:
+    res = train_study_system(cfg, manifest, lora_variant, normalization, seed=seed, loss_masking=loss_masking)
+    return {k: v for k, v in res.items() if k not in ("model", "processor", "history", "dev")}  # what a process can send
+
+
+def _train_and_score_study(cfg: Mapping[str, Any], manifest: str, lora_variant: str, normalization: str,
+                           seed: int) -> pd.DataFrame:
+    res = train_study_system(cfg, manifest, lora_variant, normalization, seed=seed)
+    name = Path(res["system_dir"]).name
+    del res
+    return score_study_system(cfg, manifest, name)
+
+
 def run_study(cfg: Mapping[str, Any], manifest: str | Path, arms: Sequence[tuple[str, str]], progress: bool = False) -> pd.DataFrame:
     """Train (or resume) and score the study systems ``arms`` = [(LoRA variant, normalization), ...] for every seed
     of :func:`study_seeds`, on the test split, each under its own normalization; write them to the run's
-    predictions.csv and return them."""
-    bank = data.load_bank(manifest)
-    frames = []
-    for seed in study_seeds(cfg):
-        for variant, norm in arms:
-            res = train_study_system(cfg, manifest, variant, norm, seed=seed, progress=progress)
-            frames.append(score_study_system(cfg, manifest, Path(res["system_dir"]).name, bank))
-            del res
+    predictions.csv and return them. The systems train and score side by side on ``cpu_workers`` processes."""
+    jobs = [parallel.Job(_train_and_score_study, (dict(cfg), str(manifest), variant, norm, seed),
+                         name=study_system_name(variant, norm)) for seed in study_seeds(cfg) for variant, norm in arms]
+    frames = parallel.run_jobs(jobs, parallel.worker_count(cfg, len(jobs)))
     preds = pd.concat(frames, ignore_index=True)
     results.write_predictions(cfg["run_dir"], preds)
     return preds

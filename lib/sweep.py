@@ -5,7 +5,9 @@ A sweep belongs to a main run (``results/<profile>/<run_id>/``). Each member is 
 run's bank (the same clips, so members can be compared clip by clip and ensembled). Members already
 complete are skipped; an interrupted one resumes. With ``gpus=N`` members run as separate processes,
 one per GPU at a time, each pinned with ``CUDA_VISIBLE_DEVICES``; with ``gpus=0`` one after another
-in this process.
+in this process. On a CPU with ``cpu_workers`` >= 2 the book starts the sweep in a background process as soon as
+the bank exists (:func:`start_beside_book`), so members train on a core the chapters leave idle; the sweep step then
+waits for it and finds its members complete.
 """
 from __future__ import annotations
 
@@ -112,6 +114,49 @@ def run_sweep(
                 future.result()
     bar.close()
     return [run_dir for _, run_dir in done + todo]
+
+
+def start_beside_book(profile: str, overrides: Mapping[str, Any], main_run_dir: Path, cfg: Mapping[str, Any],
+                      notebooks_dir: str | Path):
+    """Start the CPU sweep in a background process (spawned; it dies with this one), logging to
+    ``<run>/sweep.log``; returns the process (``join()`` it, or :func:`stop_beside_book`)."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_sweep_beside_book, name="speechbook-sweep",
+        args=(profile, dict(overrides), str(main_run_dir), list(cfg["sweep_seeds"]), list(cfg["sweep_variants"]),
+              [str(c) for c in cfg["sweep_chapters"]], str(notebooks_dir)))
+    proc.start()
+    return proc
+
+
+def stop_beside_book(proc, timeout: float = 60.0) -> None:
+    """Interrupt a background sweep (its members record themselves as interrupted and resume next time)."""
+    import signal
+
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGINT)
+        proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def _sweep_beside_book(profile: str, overrides: dict[str, Any], main_run_dir: str, seeds: list[int],
+                       variants: list[str], chapters: list[str], notebooks_dir: str) -> None:
+    from .parallel import die_with_parent
+
+    die_with_parent()
+    log_path = Path(main_run_dir) / "sweep.log"
+    with open(log_path, "a", encoding="utf-8") as out:
+        sys.stdout = sys.stderr = out  # progress bars too: the book's console shows its own chapters only
+
+        def log(line: str) -> None:
+            out.write(line + "\n")
+            out.flush()
+
+        run_sweep(profile, overrides, main_run_dir, seeds, variants, chapters, gpus=0, log=log,
+                  notebooks_dir=notebooks_dir)
 
 
 def member_dirs(main_run_dir: str | Path) -> list[Path]:

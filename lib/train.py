@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import fast_lora as FL
+from .model.fast import lora as FL
 from . import io
 from . import model as M
 
@@ -302,7 +302,7 @@ def batch_loss(model, processor, audios: Sequence[np.ndarray], answers: Sequence
     mask = inputs["attention_mask"].to(h.device).bool()
     targets = ids[:, 1:]
     if tc.loss_masking:
-        suffix_lens = {M._cached(processor, ("suffix_len", tc.prompt, a), lambda a=a: len(processor.tokenizer(
+        suffix_lens = {M.cached_on_processor(processor, ("suffix_len", tc.prompt, a), lambda a=a: len(processor.tokenizer(
             M.answer_suffix(processor, tc.prompt, a), add_special_tokens=False).input_ids)) for a in set(answers)}
         if len(suffix_lens) != 1:
             raise ValueError("the answers' turns differ in token length; cannot locate the answer position")

@@ -1,4 +1,5 @@
-"""The 7B architecture kept in lib (config, counts, builder, processor) and the benchmark's FLOP counting.
+"""The 7B architecture of the benchmarks (bench/architecture.py: config, counts, builder, processor) and their FLOP
+counting.
 
 Parameter counts are taken on the meta device (no memory); FLOP counts are checked against torch's own
 FlopCounterMode on the tiny model, with the math attention kernel so that attention is counted too.
@@ -10,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lib import architecture as A  # noqa: E402
+from bench import architecture as A  # noqa: E402
 from lib import model as M  # noqa: E402
 
 
@@ -33,14 +34,14 @@ def test_7b_config_has_the_published_parameter_counts():
 
 def test_lm_params_per_token_matches_the_model():
     cfg = A.config_7b()
-    model = A._meta_model(cfg)
+    model = A.meta_model(cfg)
     linear = sum(m.weight.numel() for n, m in model.model.language_model.named_modules()
                  if isinstance(m, torch.nn.Linear))
     assert A.lm_params_per_token(cfg.text_config) == linear
 
 
 def test_nf4_quantizes_exactly_the_language_model_linear_layers():
-    model = A._meta_model(A.config_7b())
+    model = A.meta_model(A.config_7b())
     names = A.nf4_module_names(model)
     assert len(names) == 32 * 7
     assert all(n.startswith("model.language_model.layers.") for n in names)
@@ -140,8 +141,8 @@ def test_random_architecture_runs_the_books_code_path():
     assert abs(float(w.std()) - A.INIT_STD) < 0.003
     processor = A.processor_7b()
     clips = _clips(5, seed=2, lo=320)
-    fast = M.score(model, processor, clips, batch_size=2, shared_prefix=True, prefetch=True)
-    ref = M.score(model, processor, clips, batch_size=4, short_encoder=False, shared_prefix=False, prefetch=False)
+    fast = M.fast.score(model, processor, clips, batch_size=2, shared_prefix=True, prefetch=True)
+    ref = M.score(model, processor, clips, batch_size=4, short_encoder=False, fast=False)
     np.testing.assert_allclose(fast.logits, ref.logits, atol=1e-5, rtol=1e-5)
     assert (fast.pred == ref.pred).all()
     again = A.build_random_model(config, device="cpu", torch_dtype="float32", seed=3)

@@ -1,4 +1,4 @@
-"""lib.fast_lora: the fused LoRA training layers do peft's arithmetic (bit for bit on CPU) and step aside
+"""lib.model.fast.lora: the fused LoRA training layers do peft's arithmetic (bit for bit on CPU) and step aside
 wherever peft's own forward is needed."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import fast_lora as FL
+from lib.model.fast import lora as FL
 from lib import model as M
 from lib import train as T
 from _synth_audio import clip_set

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import mini_model, model as M, probe, systems, tokenizer as T, whisper_ct2
+from lib import model as M, probe, systems
+from lib.model.build import mini as mini_model, tokenizer as T, whisper_ct2
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_the_audio_tower_is_whisper_tiny_en_followed_by_qwen2_audios_pool(mini):
         pre_norm = seen["pre_norm"]  # Whisper's layers, before its final norm
         pooled = torch.nn.functional.avg_pool1d(pre_norm.transpose(1, 2), 2, 2).transpose(1, 2)
         expected = whisper.model.encoder.layer_norm(pooled)  # Qwen2-Audio pools, then applies the final norm
-        got = M._encode(tower, feats, torch.tensor([1500]))
+        got = M.encode_audio(tower, feats, torch.tensor([1500]))
     assert got.shape == expected.shape == (1, 750, 384)
     assert torch.allclose(got, expected, atol=1e-4)
 

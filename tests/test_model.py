@@ -103,7 +103,7 @@ def test_audio_tokens_reach_the_model(tiny, ms, n_tokens, short):
     assert inputs["input_features"].shape[-1] == (3000 if not short else ms // 10 + 4)
     assert M.n_audio_tokens(ms * 16) == n_tokens
     # and the model's audio features fill exactly those positions
-    feats = M._audio_features(M.unwrap(model), inputs["input_features"], inputs["feature_attention_mask"])
+    feats = M.audio_features(M.unwrap(model), inputs["input_features"], inputs["feature_attention_mask"])
     assert feats.shape[0] == n_tokens
 
 
@@ -219,7 +219,7 @@ def test_real_model_id_without_weights_is_a_clear_error():
 def test_small_models_score_on_one_cpu_thread_and_restore_the_setting(tiny, monkeypatch):
     model, processor = tiny
     seen = []
-    monkeypatch.setattr(M, "answer_logits", lambda *a, **k: (seen.append(torch.get_num_threads()), torch.zeros(1, 2))[1])
+    monkeypatch.setattr(M.scoring, "answer_logits", lambda *a, **k: (seen.append(torch.get_num_threads()), torch.zeros(1, 2))[1])
     before = torch.get_num_threads()
     M.score(model, processor, [np.zeros(1600, np.float32) + 0.01])
     assert seen == [1] and torch.get_num_threads() == before

@@ -90,3 +90,34 @@ def test_gpu_sweep_pins_one_member_per_gpu(tmp_path):
     assert gpus == ["0", "1"]
     assert all(book.read_status(d)["state"] == "complete" for d in dirs)
     assert yaml.safe_load((dirs[0] / "params.yaml").read_text())["overrides"] == {"seed": 1, "lora_variant": "attn"}
+
+
+@pytest.mark.slow
+def test_on_a_cpu_the_sweep_runs_beside_the_chapters(tmp_path):
+    """cpu_workers >= 2: once chapter 01 has written the bank pointer, the sweep's member trains in a background
+    process while the main run's later chapters execute; the sweep step then finds it complete."""
+    nbs, _ = _sweep_setup(tmp_path, CHAPTER)
+    first = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "cpu"\nrun_dir = None\nseed = None\n')
+    params.metadata["tags"] = ["parameters"]
+    first.cells = [params, nbformat.v4.new_code_cell(
+        "import lib.book, lib.io, yaml\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
+        "lib.io.write_text(lib.book.Path(cfg['run_dir']) / 'bank.yaml', yaml.safe_dump({'manifest': '/nowhere/m.csv', 'sha256': 'x'}))\n")]
+    nbformat.write(first, nbs / "01_bank.ipynb")
+    wait = nbformat.v4.new_notebook()
+    wait.cells = [params, nbformat.v4.new_code_cell(
+        "import time, lib.book, lib.io\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
+        "member = lib.book.Path(cfg['run_dir']).parent / (lib.book.Path(cfg['run_dir']).name + '--seed1-attn')\n"
+        "t0 = time.monotonic()\n"
+        "while lib.book.read_status(member)['state'] != 'complete' and time.monotonic() - t0 < 120:\n"
+        "    time.sleep(0.5)\n"
+        "lib.io.write_text(lib.book.Path(cfg['run_dir']) / 'seen.txt', lib.book.read_status(member)['state'])\n")]
+    nbformat.write(wait, nbs / "04_wait.ipynb")
+    res = tmp_path / "res"
+    run = book.run_book("cpu", {"sweep_seeds": [1], "sweep_variants": ["attn"], "sweep_chapters": ["03"], "cpu_workers": 2},
+                        run_id="bg", results_dir=res, notebooks_dir=nbs, log=lambda s: None)
+    assert (run / "seen.txt").read_text() == "complete"  # the member finished while chapter 04 was running
+    assert book.read_status(run)["state"] == "complete"
+    assert "1 to run" in (run / "sweep.log").read_text()
+    member = run.parent / "bg--seed1-attn"
+    assert book.read_status(member)["state"] == "complete"

@@ -1,4 +1,4 @@
-"""The real Qwen2-Audio tokenizer and chat template (lib.tokenizer), proven against the released processor's ids."""
+"""The real Qwen2-Audio tokenizer and chat template (lib.model.build.tokenizer), proven against the released processor's ids."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import config, model as M, prompt_opt, tokenizer as T
+from lib import config, model as M, prompt_opt
+from lib.model.build import tokenizer as T
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qwen2audio_processor_ids.json"
 
@@ -68,8 +69,8 @@ def test_the_check_fails_where_the_answer_would_merge_with_the_text_before_it(pr
     prompt = "Is it speech?\nA) SPEECH\nB) NONSPEECH\nAnswer with A or B."
     assert M.answer_is_one_token(processor, prompt)
     head = M.prompt_text(processor, prompt)
-    monkeypatch.setattr(M, "prompt_text", lambda proc, p: head[:-1] + " ")
-    monkeypatch.setattr(M, "answer_suffix", lambda proc, p, a: a + "<|im_end|>\n")
+    monkeypatch.setattr(M.prompt, "prompt_text", lambda proc, p: head[:-1] + " ")
+    monkeypatch.setattr(M.prompt, "answer_suffix", lambda proc, p, a: a + "<|im_end|>\n")
     assert not M.answer_is_one_token(processor, prompt)
 
 

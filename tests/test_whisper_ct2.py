@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import whisper_ct2 as W
+from lib.model.build import whisper_ct2 as W
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -34,7 +34,7 @@ import functools
 import types
 from typing import Any
 
-from . import model as M
+from .kernels import fused_norms
 
 LORA_KERNELS = ("fused", "peft")
 
@@ -259,12 +259,12 @@ def use_fused_lora(model, kernel: str = "fused", cache_absmax: bool = True) -> i
 @contextlib.contextmanager
 def fused_training(model, kernel: str = "fused", norms: bool | None = None, cache_absmax: bool = True):
     """Within the block ``model`` trains with ``kernel``'s layers: for ``fused``, :func:`use_fused_lora` and
-    one-kernel RMSNorm (:func:`lib.model.fused_norms`; ``norms=None``: on a GPU only). On exit it is as peft made
+    one-kernel RMSNorm (:func:`lib.model.fast.kernels.fused_norms`; ``norms=None``: on a GPU only). On exit it is as peft made
     it again (peft's forward, no cached block scales, HF's norms)."""
     kernel = lora_kernel(kernel)
     use_fused_lora(model, kernel, cache_absmax=cache_absmax)
     try:
-        with M.fused_norms(model, enabled=norms) if kernel == "fused" else contextlib.nullcontext():
+        with fused_norms(model, enabled=norms) if kernel == "fused" else contextlib.nullcontext():
             yield model
     finally:
         use_fused_lora(model, "peft")

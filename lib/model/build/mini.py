@@ -1,7 +1,7 @@
 """The mini Qwen2-Audio: the book's CPU model, with a pretrained audio tower.
 
 Same class as the 7B (``Qwen2AudioForConditionalGeneration``), same processor class, the real Qwen2-Audio tokenizer
-and chat template (:mod:`lib.tokenizer`), and:
+and chat template (:mod:`lib.model.build.tokenizer`), and:
 
 * an audio encoder that IS a pretrained Whisper encoder (tiny.en: 4 layers, d_model 384, 8.2 M parameters; or
   base: 6 layers, 512, 20.6 M), loaded strict into ``Qwen2AudioEncoder`` with ``num_mel_bins=80``. Qwen2-Audio's
@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT
+from ...config import PROJECT_ROOT
+from .folder import BUILD_INFO, ensure_built
 
 # model_name_or_path -> Whisper encoder it is built on.
 MINI_MODELS = {"mini": "tiny.en", "mini-base": "base"}
@@ -34,7 +35,6 @@ MINI_TEXT = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 
 # shrinks every signal through each layer (the tiny model showed a model so initialised does not learn).
 MINI_INIT_STD = MINI_TEXT["hidden_size"] ** -0.5
 MINI_VERSION = 2  # bump when the recipe changes: an older build is rebuilt on first use
-BUILD_INFO = "speechbook_build.json"
 
 
 def mini_model_dir(name: str = "mini") -> Path:
@@ -54,7 +54,8 @@ def build_mini_model(out_dir: str | Path | None = None, name: str = "mini", seed
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from . import io, tokenizer as T, whisper_ct2
+    from ... import io
+    from . import tokenizer as T, whisper_ct2
 
     if name not in MINI_MODELS:
         raise ValueError(f"unknown mini model {name!r}; choose one of {', '.join(MINI_MODELS)}")
@@ -87,7 +88,7 @@ def build_mini_model(out_dir: str | Path | None = None, name: str = "mini", seed
         processor.save_pretrained(tmp)
         weights = sorted(tmp.glob("*.safetensors"))
         io.write_json(tmp / BUILD_INFO, {
-            "what": label(name), "built_by": "lib.mini_model.build_mini_model", "version": MINI_VERSION,
+            "what": label(name), "built_by": "lib.model.build.mini.build_mini_model", "version": MINI_VERSION,
             "seed": seed, "encoder": provenance, "text_config": text_cfg, "init_std": MINI_INIT_STD,
             "weights_sha256": {p.name: io.sha256_file(p) for p in weights}})
     return out_dir
@@ -95,8 +96,6 @@ def build_mini_model(out_dir: str | Path | None = None, name: str = "mini", seed
 
 def ensure_mini_model(name: str = "mini") -> Path:
     """The mini model's folder, built on first use (about a minute) and reused afterwards."""
-    from .model import ensure_built
-
     return ensure_built(mini_model_dir(name), MINI_VERSION, lambda path: build_mini_model(path, name), label(name))
 
 

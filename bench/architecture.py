@@ -5,11 +5,12 @@ module builds the public architecture of ``Qwen/Qwen2-Audio-7B(-Instruct)`` with
 in bf16, fp32 or 4-bit NF4, together with a processor that works offline and gives the same token layout as
 the real one, so the book's own scoring and training code runs on it unchanged (``bench/gpu.py`` does).
 
-* :func:`config_7b` -- the public config (audio encoder d_model 1280, 32 layers, 20 heads, ffn 5120, 128 mel
+* :func:`config_7b` -- the public config, kept in :mod:`lib.model.build.qwen7b` (the tiny model and chapter 08 use
+  it too) and re-exported here (audio encoder d_model 1280, 32 layers, 20 heads, ffn 5120, 128 mel
   bins, 1500 source positions; Qwen2 text model hidden 4096, intermediate 11008, 32 layers, 32 heads, 32 kv
   heads, vocabulary 156032, 8192 positions, rope_theta 10000, rms eps 1e-5; audio token 151646).
-* :func:`processor_7b` -- the real Qwen2-Audio tokenizer and Instruct chat template (:mod:`lib.tokenizer`), with
-  Whisper-large-v3 features (128 mel bins).
+* :func:`processor_7b` -- the real Qwen2-Audio tokenizer and Instruct chat template
+  (:mod:`lib.model.build.tokenizer`), with Whisper-large-v3 features (128 mel bins).
 * :func:`save_random_model` -- the 7B architecture with random weights saved as a model folder with that
   processor, which the book's loader and ``make book PROFILE=full`` take as ``model_name_or_path``.
 * :func:`parameter_counts` -- counted on the meta device (no memory): 8.40 B in all, audio encoder 0.64 B,
@@ -30,29 +31,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import model as M
+from lib import model as M
+from lib.model.build import tokenizer as T
+from lib.model.build.qwen7b import (  # noqa: F401 - the config the book needs too lives in lib; the benchmarks' here
+    QWEN2_AUDIO_7B_CONFIG, RANDOM_WEIGHTS_MARKER, config_7b, is_random_weights, meta_model)
 
-QWEN2_AUDIO_7B_CONFIG = M.QWEN2_AUDIO_7B_CONFIG
-# Qwen2's special token ids (tokenizer of Qwen2-Audio-7B-Instruct).
-QWEN_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|AUDIO|>": 151646,
-                    "<|audio_bos|>": 151647, "<|audio_eos|>": 151648}
+QWEN_SPECIAL_IDS = T.SPECIAL_TOKENS  # Qwen2's special token ids (tokenizer of Qwen2-Audio-7B-Instruct)
 INIT_STD = 0.02
 # The published parameter counts of Qwen2-Audio-7B (billions).
 PUBLISHED_PARAMS_B = {"total": 8.40, "audio_encoder": 0.64, "language_model": 7.12, "head": 0.64}
-
-
-def config_7b(**text_overrides: Any):
-    """``Qwen2AudioConfig`` of Qwen2-Audio-7B (``text_overrides`` change the text model, e.g. fewer layers)."""
-    from transformers import Qwen2AudioConfig
-
-    c = QWEN2_AUDIO_7B_CONFIG
-    ids = QWEN_SPECIAL_IDS
-    text = {**c["text_config"], "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"], **text_overrides}
-    cfg = Qwen2AudioConfig(audio_config=dict(c["audio_config"]), text_config=text,
-                           audio_token_index=c["audio_token_index"])
-    cfg.pad_token_id = ids["<|endoftext|>"]
-    return cfg
 
 
 def small_config(audio: dict | None = None, text: dict | None = None):
@@ -69,14 +56,9 @@ def small_config(audio: dict | None = None, text: dict | None = None):
 
 def processor_7b():
     """The real Qwen2-Audio processor, offline: the Qwen BPE with Qwen2-Audio's special tokens and the Instruct
-    template (:mod:`lib.tokenizer`, proven against the released processor's ids), Whisper-large-v3 features
-    (128 mel bins)."""
-    from . import tokenizer as T
-
+    template (:mod:`lib.model.build.tokenizer`, proven against the released processor's ids), Whisper-large-v3
+    features (128 mel bins)."""
     return T.qwen2audio_processor(T.whisper_feature_extractor(128))
-
-
-RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.json"
 
 
 def save_random_model(folder: str | Path, config=None, device: str = "cuda", seed: int = 0) -> Path:
@@ -95,7 +77,7 @@ def save_random_model(folder: str | Path, config=None, device: str = "cuda", see
     config = config if config is not None else config_7b()
     processor = processor_7b()
     model = build_random_model(config, device=device, torch_dtype="bfloat16", seed=seed, short_encoder=False)
-    from . import io
+    from lib import io
 
     with io.atomic_dir(folder) as tmp:  # a killed build leaves no half-written model folder
         model.save_pretrained(tmp, max_shard_size="5GB")
@@ -104,31 +86,15 @@ def save_random_model(folder: str | Path, config=None, device: str = "cuda", see
             "random_weights": True,
             "what": "the Qwen2-Audio-7B architecture with random weights (N(0, 0.02)), NOT Qwen2-Audio-7B-Instruct: "
                     "results from it test code, speed and memory, never accuracy",
-            "seed": seed, "built_by": "lib.architecture.save_random_model", "config": describe(config)})
+            "seed": seed, "built_by": "bench.architecture.save_random_model", "config": describe(config)})
     del model
     return folder
 
 
-def is_random_weights(model_name_or_path: str | Path | None) -> bool:
-    """True for a model folder that :func:`save_random_model` wrote (random weights, not a real model)."""
-    if not model_name_or_path:
-        return False
-    path = Path(str(model_name_or_path)).expanduser()
-    return (path / RANDOM_WEIGHTS_MARKER).exists()
-
-
 # ------------------------------------------------------------------------------------------ parameter counts
-def _meta_model(config):
-    import torch
-    from transformers import Qwen2AudioForConditionalGeneration
-
-    with torch.device("meta"):
-        return Qwen2AudioForConditionalGeneration(config)
-
-
 def parameter_counts(config=None) -> dict[str, int]:
     """Parameters by part, counted on the meta device (no memory is allocated)."""
-    model = _meta_model(config if config is not None else config_7b())
+    model = meta_model(config if config is not None else config_7b())
 
     def n(module) -> int:
         return sum(p.numel() for p in module.parameters())
@@ -181,9 +147,9 @@ def build_random_model(config=None, device: str = "cuda", torch_dtype: Any = "bf
     if quantization not in ("none", "nf4"):
         raise ValueError(f"quantization {quantization!r} unknown; use none or nf4")
     config = config if config is not None else config_7b()
-    dtype = M._dtype(torch_dtype)
+    dtype = M.resolve_dtype(torch_dtype)
     config.text_config.dtype = dtype
-    model = _meta_model(config)
+    model = meta_model(config)
     model.to_empty(device=device)
     model.to(dtype)
     _init_weights_(model, seed)
