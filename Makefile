@@ -69,7 +69,7 @@ test-slow: setup
 # (the corpus session may select nothing, exit status 5, when PYTEST_ARGS names other tests).
 CI_LOG := test-artifacts/test-ci-corpus.log
 test-ci: setup
-	$(PY) -c "from lib import mini_model, model; model.ensure_tiny_model(); mini_model.ensure_mini_model()"
+	$(PY) -c "from lib import model; [model.resolve_model_path(m) for m in ('tiny', 'mini')]"
 	@mkdir -p $(dir $(CI_LOG))
 	@$(PY) -m pytest -m "slow and data and not browser" -p no:cacheprovider $(PYTEST_ARGS) >$(CI_LOG) 2>&1 & corpus=$$!; \
 	$(PY) -m pytest -m "not browser and not (slow and data)" $(PYTEST_ARGS); rest=$$?; \
