@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from .stats.metrics import balanced_accuracy, metrics_from_counts
 
 SAMPLE_RATE = 16000
 SILERO_WINDOW = 512  # samples per Silero frame at 16 kHz (32 ms); fixed by the model
@@ -145,12 +146,6 @@ def _labels_to_y(labels: Sequence[Any], what: str) -> np.ndarray:
     return y
 
 
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean of the two recalls (y, pred: True = speech)."""
-    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-    return float(0.5 * (pred[y].mean() + (~pred[~y]).mean()))
-
-
 def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
     """The cut-off on ``p`` (pred = p >= t) that maximises balanced accuracy on (p, y).
 
@@ -163,11 +158,12 @@ def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:
         raise ValueError("choosing a threshold needs both classes in the dev split")
     u = np.unique(p)
     cands = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-6]])
-    # vectorised balanced accuracy for every candidate
+    # balanced accuracy of every candidate at once, from its class counts
     pos, neg = np.sort(p[y]), np.sort(p[~y])
-    tpr = 1 - np.searchsorted(pos, cands, side="left") / len(pos)  # share of speech with p >= t
-    tnr = np.searchsorted(neg, cands, side="left") / len(neg)  # share of nonspeech with p < t
-    bacc = 0.5 * (tpr + tnr)
+    speech_right = len(pos) - np.searchsorted(pos, cands, side="left")  # speech with p >= t
+    nonspeech_right = np.searchsorted(neg, cands, side="left")  # nonspeech with p < t
+    counts = np.stack([np.full(len(cands), len(pos)), speech_right, np.full(len(cands), len(neg)), nonspeech_right], axis=1)
+    bacc = metrics_from_counts(counts)["balanced_accuracy"]
     best = np.flatnonzero(np.isclose(bacc, bacc.max(), rtol=0, atol=1e-12))
     return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from . import data, results
-from .stats import SYSTEM_KEY, wilson_interval, wilson_intervals
+from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
 
 ZERO_SHOT = "qwen2audio-zeroshot"
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
@@ -101,18 +101,16 @@ def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot
 
 def breakdown(predictions: pd.DataFrame, bank: pd.DataFrame, axis: str, level: float = 0.95) -> pd.DataFrame:
     """Per system and level of one bank axis: n, accuracy and balanced accuracy, with Wilson intervals
-    (for balanced accuracy the Bonferroni combination of the two recalls' intervals, ``stats.wilson_intervals``)."""
+    (for balanced accuracy the Bonferroni combination of the two recalls' intervals, ``stats.wilson_intervals``).
+    A level that holds one class only gets that class's recall as its balanced accuracy."""
     df = predictions.merge(bank[["clip_id", axis]], on="clip_id", how="left")
     rows = []
     for keys, part in df.groupby([*SYSTEM_KEY, axis], sort=True):
-        correct = part["pred"].to_numpy() == part["label"].to_numpy()
-        recalls = [correct[part["label"].to_numpy() == c].mean() for c in results.LABELS if (part["label"] == c).any()]
-        lo, hi = wilson_interval(int(correct.sum()), len(part), level)
-        ba_lo, ba_hi = wilson_intervals(part["label"], part["pred"], level)["balanced_accuracy"] \
-            if len(recalls) == 2 else (lo, hi)
-        rows.append({**dict(zip([*SYSTEM_KEY, axis], keys)), "n": len(part), "accuracy": correct.mean(),
-                     "accuracy_lo": lo, "accuracy_hi": hi, "balanced_accuracy": float(np.mean(recalls)),
-                     "balanced_accuracy_lo": ba_lo, "balanced_accuracy_hi": ba_hi})
+        m = binary_metrics(part["label"], part["pred"], absent_class="other")
+        ci = wilson_intervals(part["label"], part["pred"], level, absent_class="other")
+        rows.append({**dict(zip([*SYSTEM_KEY, axis], keys)), "n": len(part), "accuracy": m["accuracy"],
+                     "accuracy_lo": ci["accuracy"][0], "accuracy_hi": ci["accuracy"][1], "balanced_accuracy": m["balanced_accuracy"],
+                     "balanced_accuracy_lo": ci["balanced_accuracy"][0], "balanced_accuracy_hi": ci["balanced_accuracy"][1]})
     return pd.DataFrame(rows)
 
 

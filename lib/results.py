@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,6 +108,17 @@ def write_predictions(run_dir: str | Path, df: pd.DataFrame) -> Path:
         df = pd.concat([old[keep], df[PREDICTION_COLUMNS]], ignore_index=True)
     df = df.assign(model=df["model"].fillna(""))
     return io.write_csv(Path(run_dir) / "predictions.csv", df[PREDICTION_COLUMNS])
+
+
+def remove_predictions(run_dir: str | Path, keys: Iterable[Sequence[Any]]) -> Path | None:
+    """Remove the rows of these ``(system, variant, seed)`` keys from the run's predictions.csv, atomically
+    (e.g. ensembles of seeds that are no longer complete); ``None`` when there was nothing to remove."""
+    old = read_predictions(run_dir)
+    drop_keys = {tuple(str(v) for v in k) for k in keys}
+    if old.empty or not drop_keys:
+        return None
+    drop = old[SYSTEM_KEY].astype(str).apply(tuple, axis=1).isin(drop_keys)
+    return io.write_csv(Path(run_dir) / "predictions.csv", old[~drop]) if drop.any() else None
 
 
 def write_bank_pointer(run_dir: str | Path, manifest: str | Path, sha256: str | None = None) -> Path:

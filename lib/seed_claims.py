@@ -139,8 +139,6 @@ def pairwise_mcnemar(predictions: pd.DataFrame, systems: Sequence[str], bank: pd
     clips and on sources (majority vote per source, ``stats.mcnemar_test``). ``p_exact_adj``: Holm over every
     row of a unit (all pairs and seeds at once: the family of comparisons the chapter makes). A system without
     predictions for a seed is left out of that seed's pairs."""
-    from statsmodels.stats.multitest import multipletests
-
     df = stats.with_bank(predictions, bank, columns=["group_id"])
     seeds = sorted({int(s) for s in df.loc[df["system"].isin(systems), "seed"]}) if seeds is None else list(seeds)
     rows = []
@@ -156,9 +154,7 @@ def pairwise_mcnemar(predictions: pd.DataFrame, systems: Sequence[str], bank: pd
     if out.empty:
         return out
     out["unit"] = out["unit"].map({"clip_id": "clips", "group_id": "sources"}).fillna(out["unit"])
-    out["p_exact_adj"] = np.nan
-    for _, idx in out.groupby("unit").groups.items():
-        out.loc[idx, "p_exact_adj"] = multipletests(out.loc[idx, "p_exact"].values, method=adjust)[1]
+    out["p_exact_adj"] = stats.adjust_within(out, "unit", "p_exact", adjust)
     return out
 
 

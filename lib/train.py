@@ -30,6 +30,7 @@ import pandas as pd
 from .model.fast import lora as FL
 from . import io
 from . import model as M
+from .stats import binary_metrics
 
 LORA_VARIANTS: dict[str, tuple[str, ...]] = {
     "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -420,10 +421,9 @@ def _dev_eval(model, processor, audios, labels, tc: TrainConfig) -> dict[str, fl
     s = M.score(model, processor, audios, tc.prompt, batch_size=tc.eval_batch_size)
     y = np.asarray(labels) == "speech"
     pred = s.logits[:, 0] >= s.logits[:, 1]
-    recalls = [float(np.mean(pred[y] == y[y])) if y.any() else float("nan"),
-               float(np.mean(pred[~y] == y[~y])) if (~y).any() else float("nan")]
+    m = binary_metrics(y, pred, absent_class="other")  # a dev split of one class: that class's recall
     p_true = np.where(y, s.p_speech, 1 - s.p_speech)
-    return {"dev_accuracy": float(np.mean(pred == y)), "dev_balanced_accuracy": float(np.nanmean(recalls)),
+    return {"dev_accuracy": m["accuracy"], "dev_balanced_accuracy": m["balanced_accuracy"],
             "dev_loss": float(-np.mean(np.log(np.clip(p_true, 1e-12, 1))))}
 
 

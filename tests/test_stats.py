@@ -345,10 +345,10 @@ def test_batched_bootstrap_fitter_agrees_with_lbfgsb():
         p = 0.5 + 0.47 / (1 + np.exp(-(-12 + 2.2 * t)))
         ks.append(rng.binomial(200, p).astype(float))
     ks = np.array(ks)
-    batch = stats._best_batch(t, ks, np.tile(n, (30, 1)), 0.5, 0.1, [(-10.0, 2.0, 0.02), (1.0, 0.0, 0.01)])
+    batch = stats.psychometric._best_batch(t, ks, np.tile(n, (30, 1)), 0.5, 0.1, [(-10.0, 2.0, 0.02), (1.0, 0.0, 0.01)])
     for k, prm in zip(ks, batch):
-        core, nll_core, _ = stats._fit_core(t, k, n, 0.5, 0.1)
-        nll_batch = stats._nll_and_grad(prm, t, k, n, 0.5)[0]
+        core, nll_core, _ = stats.psychometric._fit_core(t, k, n, 0.5, 0.1)
+        nll_batch = stats.psychometric._nll_and_grad(prm, t, k, n, 0.5)[0]
         assert nll_batch <= nll_core + 1e-3
 
 
@@ -440,3 +440,76 @@ def test_power_table_and_smoke_labels():
     j = stats.metrics_json(preds, bank, n_boot=20, smoke=["ft"])
     assert j["smoke"] is True
     assert {s["system"]: s["smoke"] for s in j["systems"]} == {"ft": True, "energy": False}
+
+
+# ------------------------------------------------------------------------ the one metrics core
+def test_metrics_core_words_and_booleans_agree_with_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.random(60) < 0.3
+    pred = np.where(rng.random(60) < 0.75, y, ~y)
+    words = lambda a: np.where(a, "speech", "nonspeech")  # noqa: E731
+    m_words, m_bool = stats.binary_metrics(words(y), words(pred)), stats.binary_metrics(y, pred)
+    assert m_words == m_bool
+    assert m_bool["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m_bool["recall_speech"] == pytest.approx(pred[y].mean()) and m_bool["recall_nonspeech"] == pytest.approx((~pred[~y]).mean())
+    assert stats.balanced_accuracy(y.astype(int), pred) == m_bool["balanced_accuracy"]  # 0/1 labels, as the baselines hold them
+
+
+def test_metrics_from_counts_is_vectorised_and_says_what_an_absent_class_gives():
+    counts = np.array([[4, 3, 6, 3], [4, 2, 0, 0], [0, 0, 5, 4]], float)  # both classes; speech only; non-speech only
+    undefined = stats.metrics_from_counts(counts)
+    assert undefined["balanced_accuracy"][0] == pytest.approx((3 / 4 + 3 / 6) / 2)
+    assert np.isnan(undefined["balanced_accuracy"][1:]).all()  # the book's tables: one class is not balanced
+    assert undefined["accuracy"].tolist() == pytest.approx([0.6, 0.5, 0.8])
+    other = stats.metrics_from_counts(counts, absent_class="other")  # breakdowns, dev score: the present class's recall
+    assert other["balanced_accuracy"].tolist() == pytest.approx([(3 / 4 + 3 / 6) / 2, 0.5, 0.8])
+    with pytest.raises(ValueError, match="absent_class"):
+        stats.metrics_from_counts(counts, absent_class="ignore")
+    one_class = stats.wilson_intervals(["speech"] * 5, ["speech"] * 4 + ["nonspeech"], absent_class="other")
+    assert one_class["balanced_accuracy"] == one_class["recall_speech"] == stats.wilson_interval(4, 5)
+    assert all(math.isnan(v) for v in stats.wilson_intervals(["speech"] * 5, ["speech"] * 5)["balanced_accuracy"])
+
+
+def test_baselines_train_and_evaluate_score_with_the_core():
+    from lib import baselines, evaluate, train
+
+    assert baselines.balanced_accuracy is stats.balanced_accuracy  # no second implementation left
+    assert train.binary_metrics is stats.binary_metrics
+    preds = frame("a", [f"c{i}" for i in range(6)], ["speech", "speech", "nonspeech", "nonspeech", "speech", "speech"],
+                  ["speech", "nonspeech", "nonspeech", "speech", "speech", "speech"])
+    bank = pd.DataFrame({"clip_id": preds["clip_id"], "snr_db": [0, 0, 0, 0, 10, 10]})
+    t = evaluate.breakdown(preds, bank, "snr_db").set_index("snr_db")
+    assert t.loc[0, "balanced_accuracy"] == pytest.approx(0.5) and t.loc[10, "balanced_accuracy"] == 1.0  # speech only at 10 dB
+    assert (t.loc[10, "balanced_accuracy_lo"], t.loc[10, "balanced_accuracy_hi"]) == pytest.approx(stats.wilson_interval(2, 2))
+
+
+# ------------------------------------------------------------------------------------- Holm
+def test_holm_hand_case_and_within_groups():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4x, 3x, 2x, 1x = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.6, 0.2]).tolist() == pytest.approx([0.6, 0.4]) and stats.holm([]).size == 0  # 0.2 x 2, then max(0.4, 0.6)
+    table = pd.DataFrame({"unit": ["clips", "sources", "clips", "sources"], "p_exact": [0.01, 0.2, 0.04, 0.03]})
+    adjusted = stats.adjust_within(table, "unit")
+    assert adjusted.tolist() == pytest.approx([0.02, 0.2, 0.04, 0.06])  # each unit its own family of two tests
+    assert stats.adjust_within(table, "unit", method="bonferroni").tolist() == pytest.approx([0.02, 0.4, 0.08, 0.06])
+
+
+# ----------------------------------------------------------------------------- power helpers
+def test_design_effect_within_class_ignores_the_class_mix():
+    # every source holds one class and speech is always right, non-speech always wrong: between-class, not clustering
+    labels = ["speech"] * 6 + ["nonspeech"] * 6
+    groups = [f"s{i // 2}" for i in range(6)] + [f"n{i // 2}" for i in range(6)]
+    correct = [1.0] * 6 + [0.0] * 6
+    assert stats.design_effect(correct, groups)["deff"] == pytest.approx(2.0)  # m0 = 2, icc = 1 if the mix is left in
+    assert stats.design_effect_within_class(correct, labels, groups)["deff"] == 1.0
+
+
+def test_paired_power_per_comparison():
+    tests = pd.DataFrame({"n": [100, 100, 100], "a_only": [10, 5, 0], "b_only": [2, 5, 0]})
+    out = stats.paired_power(tests, deff=1.5)
+    assert out["psi"].tolist() == pytest.approx([0.12, 0.10, 0.0])
+    assert out.loc[0, "clips_needed"] == math.ceil(stats.mcnemar_sample_size(0.08, 0.12) * 1.5)
+    assert np.isnan(out.loc[1, "clips_needed"]) and out.loc[1, "large_enough"] is None  # the same errors: no difference seen
+    assert out.loc[0, "large_enough"] == (out.loc[0, "clips_needed"] <= 100)
+    assert out.loc[0, "detectable"] == pytest.approx(stats.mcnemar_detectable_difference(100, 0.12, deff=1.5))
+    assert np.isnan(out.loc[2, "detectable"])
