@@ -52,7 +52,7 @@ def run(tmp_path_factory) -> Path:
            "--no-publish-figures"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
-    out = subprocess.run(cmd, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(cmd, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-5000:])
     return root / "results" / PROFILE / RUN_ID
 
