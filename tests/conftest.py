@@ -5,10 +5,14 @@
 * ``sine``, ``speechlike``, ``write_wav``: synthetic audio for unit tests.
 * ``small_bank_cfg`` / ``corpus_bank``: a small real bank built on the corpus (session-scoped, in a
   temporary folder), for integration tests.
+* ``--cpu-durations=N``: the N tests that used the most CPU time (0: all), beside their wall time. The machine
+  is shared, so wall time alone says little about what a test costs.
 """
 from __future__ import annotations
 
 import os
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,42 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
+
+# ------------------------------------------------------------------------------------ test timing
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N",
+                     help="list the N tests that used the most CPU time (this process and the children it waited for: "
+                          "kernels, subprocesses), with their wall time; 0 lists all")
+
+
+_TIMES: list[tuple[str, float, float]] = []  # (test id, CPU seconds, wall seconds): setup + call + teardown
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    yield
+    _TIMES.append((item.nodeid, _cpu_seconds() - cpu, time.perf_counter() - wall))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = config.getoption("--cpu-durations")
+    if n is None or not _TIMES:
+        return
+    rows = sorted(_TIMES, key=lambda r: -r[1])
+    tr = terminalreporter
+    tr.write_sep("=", f"CPU time per test ({'all' if n == 0 else f'top {n}'} of {len(rows)})")
+    for nodeid, cpu, wall in rows[: n or None]:
+        tr.write_line(f"{cpu:9.1f}s cpu {wall:9.1f}s wall  {nodeid}")
+    tr.write_line(f"total: {sum(r[1] for r in rows):.0f}s cpu, {sum(r[2] for r in rows):.0f}s wall over {len(rows)} tests")
+
 
 # ------------------------------------------------------------------------------------- the corpus
 

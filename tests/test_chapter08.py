@@ -33,9 +33,11 @@ def test_chapter08_on_the_ci_profile(data_dir, tmp_path):
     check_chapter08(res / "ci" / "ch08", figs)
 
 
-def check_chapter08(run, figs) -> None:
+def check_chapter08(run, figs, cfg=None, model: str = "mini model") -> None:
+    """What chapter 08 must have written into ``run`` under ``cfg`` (default: the plain ci profile), its Qwen2-Audio
+    predictions labelled with a model name starting with ``model`` (the synthetic-corpus test runs the tiny one)."""
     assert book.read_status(run)["chapters"]["08_seed_replication"]["state"] == "done"
-    cfg = config.resolve("ci", {})
+    cfg = cfg if cfg is not None else config.resolve("ci", {})
     arms = seed_claims.seed_design_arms(cfg)
     sub = run / "seed_replication"
 
@@ -45,7 +47,7 @@ def check_chapter08(run, figs) -> None:
         per_arm = p.groupby(["system", "seed"])["clip_id"].nunique()
         assert len(per_arm) == len(arms), per_arm
         assert per_arm.nunique() == 1 and (which not in n_clips or per_arm.iloc[0] == n_clips[which])
-        assert p["model"].str.startswith("mini model").all()  # labelled with the model they come from
+        assert p["model"].str.startswith(model).all()  # labelled with the model they come from
         if which in n_clips:  # the seed's sets are balanced: half speech
             one = p[(p["system"] == p["system"].iloc[0]) & (p["seed"] == p["seed"].iloc[0])]
             assert (one["label"].value_counts() == n_clips[which] // 2).all()

@@ -128,6 +128,7 @@ def test_opro_records_rejected_and_duplicate_candidates_without_scoring_them(tin
     assert "text:\nIs someone speaking?\nscore:" in opt.metas[1]  # step 2 sees step 1's scored candidate
 
 
+@pytest.mark.slow  # about 20 s of CPU: an OPRO loop that generates with the tiny model
 def test_opro_loop_on_the_tiny_model_returns_a_trajectory_whose_best_is_the_max(tiny):
     model, processor = tiny
     opt = P.TextOptimizer.from_audio_model(model, processor, max_new_tokens=24)

@@ -39,6 +39,7 @@ def _said(text: str) -> str:
     return " ".join(DIGITS[int(w)] if w.isdigit() else w for w in words)
 
 
+@pytest.mark.slow  # 25-55 s of CPU each: a whole Whisper decode per clip
 @pytest.mark.data
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
 def test_converted_whisper_transcribes_spoken_digits(data_dir, name):
@@ -51,6 +52,7 @@ def test_converted_whisper_transcribes_spoken_digits(data_dir, name):
     assert sum(right) >= 8, right
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_converted_whisper_transcribes_known_sentences(data_dir):
     import soundfile as sf
