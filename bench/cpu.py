@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             M.score(model, processor, clips, batch_size=batch, short_encoder=short)
             row("tiny qwen2-audio", f"score batch {batch}, {'short encoder' if short else 'plain 30-s padding'}", k,
                 time.perf_counter() - t0)
-        tc = T.TrainConfig.from_cfg(cfg, epochs=1)
+        tc = config.section(cfg, T.TrainConfig, epochs=1)
         t0 = time.perf_counter()
         peft_model = T.apply_lora(model, tc)
         with tempfile.TemporaryDirectory() as tdir:

@@ -539,10 +539,11 @@ def recipe(micro: int, accum: int, epochs: int = 3, gradient_checkpointing: bool
            lora_kernel: str = "fused"):
     from lib import train as T
 
-    return T.TrainConfig(lora_variant="attn", lora_r=16, lora_alpha=32, lora_dropout=0.05, extra_trainable=[],
-                         loss_masking=True, epochs=epochs, learning_rate=2e-4, micro_batch_size=micro,
-                         grad_accum_steps=accum, lr_schedule="cosine", warmup_ratio=0.05, checkpoint_every_steps=200,
-                         seed=0, gradient_checkpointing=gradient_checkpointing, lora_kernel=lora_kernel)
+    return T.profile_recipe("full", lora_variant="attn", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                            extra_trainable=[], loss_masking=True, epochs=epochs, learning_rate=2e-4,
+                            micro_batch_size=micro, grad_accum_steps=accum, lr_schedule="cosine", warmup_ratio=0.05,
+                            checkpoint_every_steps=200, seed=0, gradient_checkpointing=gradient_checkpointing,
+                            lora_kernel=lora_kernel)
 
 
 def plain_train(peft_model, processor, audios, labels, tc, device: str) -> list[float]:

@@ -47,7 +47,7 @@ def main() -> None:
         model, processor = M.load_model(name)
         if args.hidden:  # the temp folder's encoder is the named mini model's: use its cache
             model.speechbook_encoder_cache = M.EncoderCache(M.encoder_cache_folder(path))
-        tc = TR.TrainConfig.from_cfg({**cfg, "epochs": args.epochs})
+        tc = config.section(cfg, TR.TrainConfig, epochs=args.epochs)
         peft = TR.apply_lora(model, tc)
         print({"model": mini_model.label(args.model), "text": args.hidden or mini_model.MINI_TEXT["hidden_size"],
                **TR.parameter_counts(peft), "train_clips": len(tr), "dev_clips": len(dv)}, flush=True)

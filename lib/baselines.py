@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from .audio import SR as SAMPLE_RATE  # the book's one sample rate
 from .stats.metrics import balanced_accuracy, metrics_from_counts
 
-SAMPLE_RATE = 16000
 SILERO_WINDOW = 512  # samples per Silero frame at 16 kHz (32 ms); fixed by the model
 NORMALIZATIONS = ("none", "peak", "rms")
 MODEL_FILE = "model.skops"
@@ -349,7 +349,7 @@ class _Fitted:
         self.normalization = normalization  # the load-time normalization its clips must have
         self.seed = int(seed)
         # BLAS/OpenMP threads while computing features, fitting and scoring (None: the libraries' default).
-        # The work is many tiny arrays: on a busy 2-core machine one thread was 5-50x faster than two.
+        # The work is many tiny arrays: on a busy 2-core machine one thread is much faster than two (BENCHMARKS.md).
         self.num_threads = num_threads
         self.name = name or self.default_name
         self.estimator: Any = None

@@ -1,16 +1,19 @@
 """Profiles: one YAML file holds every parameter a run needs; overrides win over it.
 
-``cpu.yaml`` is the reference profile: its keys are the complete list of valid parameter names.
-Every other profile names only what it changes (``extends`` defaults to ``cpu``). Sections in the
-YAML group keys for the reader; the resolved config is flat, because papermill parameters are flat.
+``cpu.yaml`` is the reference profile: its keys are the complete list of valid parameter names, and its
+values are the only defaults. Every other profile names only what it changes (``extends`` defaults to
+``cpu``). Sections in the YAML group keys for the reader; the resolved config is flat, because papermill
+parameters are flat. Code that wants a typed group of parameters declares a dataclass without defaults
+and reads it with :func:`section` (e.g. ``section(cfg, lib.train.TrainConfig)``).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
@@ -22,6 +25,9 @@ PROJECT_PATH_KEYS = ("results_root", "figures_dir", "bank_dir")
 
 class ConfigError(ValueError):
     """A profile or parameter is wrong; the message says which and what the valid choices are."""
+
+
+Section = TypeVar("Section")
 
 
 # A profile name or run id is one plain folder name: no separator, no "." or "..", no leading dot or dash.
@@ -177,6 +183,34 @@ def resolve(profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = N
         if cfg.get(key) and not Path(cfg[key]).is_absolute():
             cfg[key] = str(PROJECT_ROOT / cfg[key])
     return cfg
+
+
+def section(cfg: Mapping[str, Any], cls: type[Section], **overrides: Any) -> Section:
+    """The dataclass ``cls`` built from a run's flat parameters: each field takes the parameter of the same name
+    (the profile's value: the profile is where defaults live, so ``cls`` declares none), ``overrides`` win
+    (``None`` keeps the parameter's value, as in :func:`resolve`). Other parameters in ``cfg`` are ignored.
+
+    Raises ConfigError naming an override that is no field of ``cls`` (with the valid names), or a field that
+    ``cfg`` lacks. ``cls.SECTION`` (if set) names the group in messages, e.g. "training".
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"section() builds a dataclass; got {cls!r}")
+    what = getattr(cls, "SECTION", cls.__name__)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = sorted(f.name for f in fields)
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} parameter(s) {unknown}; valid: {', '.join(names)}")
+    values = {k: cfg[k] for k in names if k in cfg}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [f.name for f in fields if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(
+            f"{what} parameter(s) {missing} missing from the run's parameters: pass a resolved profile "
+            f"(lib.config.resolve), whose {BASE_PROFILE}.yaml defines every parameter"
+        )
+    return cls(**values)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def train_run_system(run_dir: str | Path, name: str, overrides: dict[str, Any] | None = None, distributed: bool = True) -> dict[str, Any]:
+def train_in_run_folder(run_dir: str | Path, name: str, overrides: dict[str, Any] | None = None,
+                        distributed: bool = True) -> dict[str, Any]:
+    """Train system ``name`` on the run folder's bank with its recorded parameters (``overrides`` win), each
+    process (if started by torchrun or Accelerate) taking its share of every micro-batch."""
     import torch
 
     from . import train
     from .book import read_params
     from .config import resolve
-    from .evaluate import train_run_system as train_on_bank
     from .results import read_bank_pointer
 
     recorded = read_params(run_dir)
@@ -38,9 +40,9 @@ def train_run_system(run_dir: str | Path, name: str, overrides: dict[str, Any] |
         if acc.num_processes > 1:
             parallel = train.DataParallel(acc.process_index, acc.num_processes)
         device = str(acc.device)
-    # The same data and recipe as chapter 03 (lib.evaluate), each process taking its share of every batch.
-    return train_on_bank(cfg, read_bank_pointer(run_dir), name=name, progress=parallel is None or parallel.is_main,
-                         device=device, parallel=parallel)
+    # The same data and recipe as chapter 03, each process taking its share of every batch.
+    return train.train_on_bank(cfg, read_bank_pointer(run_dir), name=name,
+                               progress=parallel is None or parallel.is_main, device=device, parallel=parallel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-distributed", action="store_true", help="one plain process, no Accelerate (the reference)")
     args = parser.parse_args(argv)
     overrides = dict(parse_override(s) for s in args.set or [])
-    out = train_run_system(args.run_dir, args.name, overrides, distributed=not args.no_distributed)
+    out = train_in_run_folder(args.run_dir, args.name, overrides, distributed=not args.no_distributed)
     if "trainable_params" in out:
         print(f"trained {args.name}: {out['steps']} steps in {out['train_wall_s']}s -> {out['system_dir']}")
     return 0

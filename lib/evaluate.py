@@ -1,9 +1,9 @@
-"""Chapters 03-05 in functions: train the run's system, score splits, break results down by condition.
+"""Chapters 03-05 in functions: score splits, break results down by condition (training is ``lib.train``).
 
 System names: ``qwen2audio-zeroshot`` (the base model, no adapter) and ``qwen2audio-<variant>`` for a
-fine-tuned one (``-fullloss`` appended when the loss covers the whole sequence: the ablation). Every
-system writes the predictions table of DESIGN.md for the test split; nothing here chooses anything on
-the test split.
+fine-tuned one (``lib.train.system_name``: ``-fullloss`` appended when the loss covers the whole sequence,
+the ablation). Every system writes the predictions table of DESIGN.md for the test split; nothing here
+chooses anything on the test split.
 """
 from __future__ import annotations
 
@@ -16,39 +16,10 @@ import yaml
 
 from . import data, results
 from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
+from .train import split_rows, system_name  # noqa: F401  (chapters and seed_claims name systems through here)
 
 ZERO_SHOT = "qwen2audio-zeroshot"
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
-
-
-def system_name(variant: str, loss_masking: bool = True) -> str:
-    return f"qwen2audio-{variant}" + ("" if loss_masking else "-fullloss")
-
-
-def split_rows(bank: pd.DataFrame, split: str, max_clips: int | None = None, seed: int = 0) -> pd.DataFrame:
-    rows = bank[bank["split"] == split]
-    if rows.empty:
-        raise ValueError(f"the bank has no {split!r} clips: rebuild it (chapter 01) with split_fractions that give every split clips")
-    if max_clips and len(rows) > max_clips:
-        rows = rows.sample(n=int(max_clips), random_state=seed).sort_index()
-    return rows
-
-
-def train_run_system(cfg: Mapping[str, Any], manifest: str | Path, name: str | None = None, progress: bool = True,
-                     **overrides: Any) -> dict[str, Any]:
-    """Train the LoRA system of this run (variant, loss masking and seed from ``cfg``) on train, dev per epoch."""
-    from .train import train_system
-
-    bank = data.load_bank(manifest)
-    train = split_rows(bank, "train", cfg.get("max_train_clips"), int(cfg["seed"]))
-    dev = split_rows(bank, "dev")
-    norm = cfg["normalization"]
-    name = name or system_name(overrides.get("lora_variant", cfg["lora_variant"]), overrides.get("loss_masking", cfg["loss_masking"]))
-    return train_system(
-        dict(cfg), cfg["run_dir"], name, data.load_clips(train, manifest, normalization=norm), train["label"].tolist(),
-        train_ids=train["clip_id"].tolist(), dev_audios=data.load_clips(dev, manifest, normalization=norm),
-        dev_labels=dev["label"].tolist(), progress=progress, **overrides,
-    )
 
 
 def lora_systems(run_dir: str | Path) -> list[str]:

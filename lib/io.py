@@ -15,7 +15,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import yaml
 
@@ -182,6 +182,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def check_regular_file(path: str | os.PathLike, error: type[Exception], messages: Mapping[str, str],
+                       missing_error: type[Exception] | None = None) -> Path:
+    """``path`` when it is a regular file (links followed); otherwise raise ``error`` with the caller's message for
+    what the path is instead, ``messages[kind].format(path=path)``, where ``kind`` is ``broken_link`` (a link to
+    nothing, or a link loop), ``missing``, ``folder`` or ``special`` (a FIFO, device or socket). A missing path
+    raises ``missing_error`` when given (e.g. ``FileNotFoundError``), so callers keep their exception types."""
+    path = Path(path)
+    if not path.exists():
+        if path.is_symlink():
+            raise error(messages["broken_link"].format(path=path))
+        raise (missing_error or error)(messages["missing"].format(path=path))
+    if path.is_dir():
+        raise error(messages["folder"].format(path=path))
+    if not path.is_file():
+        raise error(messages["special"].format(path=path))
+    return path
 
 
 def _plain(obj: Any) -> Any:

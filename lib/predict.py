@@ -98,15 +98,12 @@ def read_clip_manifest(manifest: str | Path, audio_root: str | Path) -> pd.DataF
     Returns the rows with ``clip_id``, ``label`` ("" when the manifest has no label column), ``line`` (the
     file line) and ``abs_path`` (resolved under the audio root).
     """
-    manifest = Path(manifest)
-    if not manifest.exists():
-        if manifest.is_symlink():
-            raise ManifestError(f"manifest {manifest} is a broken symbolic link; point it at the CSV file")
-        raise FileNotFoundError(f"manifest {manifest} does not exist; check the path")
-    if manifest.is_dir():
-        raise ManifestError(f"manifest {manifest} is a folder; --manifest needs a CSV file (path,label per line)")
-    if not manifest.is_file():
-        raise ManifestError(f"manifest {manifest} is not a regular file (a FIFO or device?); save the list of clips to a CSV file")
+    manifest = io.check_regular_file(manifest, ManifestError, {
+        "broken_link": "manifest {path} is a broken symbolic link; point it at the CSV file",
+        "missing": "manifest {path} does not exist; check the path",
+        "folder": "manifest {path} is a folder; --manifest needs a CSV file (path,label per line)",
+        "special": "manifest {path} is not a regular file (a FIFO or device?); save the list of clips to a CSV file",
+    }, missing_error=FileNotFoundError)
     root = _resolve_root(audio_root)
     header, records = _read_rows(manifest)
     missing = [c for c in REQUIRED if c not in header]

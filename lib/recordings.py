@@ -46,7 +46,7 @@ def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tupl
     else:
         import soundfile as sf
 
-        # as lib.downloads.sources_from_rttm_folder finds them (VoxConverse's layout): audio and RTTM files anywhere
+        # as lib.data.rttm.sources_from_rttm_folder finds them (VoxConverse's layout): audio and RTTM files anywhere
         # under the folder, matched by file name stem = file id
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
         rttms = {p.stem: p for p in folder.rglob("*.rttm")}

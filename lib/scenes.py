@@ -277,7 +277,7 @@ def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, sc
 
 
 def _union(regions: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    from .downloads import _union as union
+    from .data.rttm import merge_intervals as union
 
     return union(regions)
 

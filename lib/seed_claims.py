@@ -101,7 +101,7 @@ def train_study_system(cfg: Mapping[str, Any], manifest: str | Path, lora_varian
                        seed: int | None = None, loss_masking: bool = True, progress: bool = False) -> dict[str, Any]:
     """Train one study system (the study recipe; ``normalization`` applied at load time to train and dev clips,
     and recorded in its system.yaml so that it is scored as it was trained). Resumes from its checkpoints."""
-    from .evaluate import train_run_system
+    from .train import train_on_bank
 
     recipe = study_recipe(cfg)
     seed = int(cfg["seed"]) if seed is None else int(seed)
@@ -110,7 +110,7 @@ def train_study_system(cfg: Mapping[str, Any], manifest: str | Path, lora_varian
         name = f"{name}-seed{seed}"
     run_cfg = {**cfg, "normalization": normalization, "max_train_clips": recipe["max_train_clips"],
                "epochs": recipe["epochs"], "seed": seed}
-    return train_run_system(run_cfg, manifest, name=name, progress=progress, lora_variant=lora_variant,
+    return train_on_bank(run_cfg, manifest, name=name, progress=progress, lora_variant=lora_variant,
                             loss_masking=loss_masking)
 
 

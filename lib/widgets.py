@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-SR = 16_000
+from .audio import SR  # the book's one sample rate
+
 NO_MATCH = "No clips match these filters."
 HEADLESS_ENV = "SPEECHBOOK_HEADLESS"
 TAGS = ("fine", "ambiguous", "mislabeled")

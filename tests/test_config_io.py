@@ -1,6 +1,9 @@
 """Profiles, overrides and atomic writes."""
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
 import pandas as pd
 import pytest
 
@@ -39,6 +42,33 @@ def test_typo_in_profile_lists_profiles():
 def test_none_override_keeps_profile_value_and_others_win():
     cfg = config.resolve("cpu", {"seed": None, "epochs": 7})
     assert cfg["seed"] == config.load_profile("cpu")["seed"] and cfg["epochs"] == 7
+
+
+def test_a_section_is_the_profiles_values_with_overrides_and_names_what_is_wrong():
+    @dataclass
+    class Schedule:
+        SECTION: ClassVar[str] = "schedule"
+        epochs: int
+        learning_rate: float
+
+    cfg = config.resolve("cpu")
+    assert config.section(cfg, Schedule) == Schedule(cfg["epochs"], cfg["learning_rate"])  # other keys ignored
+    assert config.section(cfg, Schedule, epochs=9, learning_rate=None) == Schedule(9, cfg["learning_rate"])  # None keeps
+    with pytest.raises(config.ConfigError, match=r"unknown schedule parameter\(s\) \['epoch'\]; valid: epochs, learning_rate$"):
+        config.section(cfg, Schedule, epoch=9)
+    with pytest.raises(config.ConfigError, match=r"schedule parameter\(s\) \['learning_rate'\] missing .*lib\.config\.resolve"):
+        config.section({"epochs": 3}, Schedule)
+    with pytest.raises(TypeError, match="builds a dataclass"):
+        config.section(cfg, dict)
+    # every field of the code's sections is a profile key: the profile is the one place where defaults live
+    from lib import train
+
+    for cls in (train.TrainConfig, train.BaseModelConfig):
+        names = {f.name for f in fields(cls)}
+        assert names <= set(config.valid_keys()), names - set(config.valid_keys())
+        assert all(f.default is f.default_factory for f in fields(cls)), f"{cls.__name__} declares a default"
+        for profile in config.available_profiles():
+            config.section(config.resolve(profile), cls)
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):
@@ -101,3 +131,38 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+class _Refused(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["regular", "broken_link", "link_loop", "missing", "folder", "fifo", "device"])
+def test_check_regular_file_names_what_the_path_is(tmp_path, kind):
+    import os
+    from pathlib import Path
+
+    p = tmp_path / "x.csv"
+    if kind == "regular":
+        p.write_text("a\n")
+    elif kind == "broken_link":
+        p.symlink_to(tmp_path / "gone.csv")
+    elif kind == "link_loop":
+        p.symlink_to(p)
+    elif kind == "folder":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "device":
+        p.symlink_to(Path("/dev/null"))
+    messages = {k: f"{k}: {{path}}" for k in ("broken_link", "missing", "folder", "special")}
+    if kind == "regular":
+        assert io.check_regular_file(str(p), _Refused, messages) == p
+        return
+    expected = {"link_loop": "broken_link", "fifo": "special", "device": "special"}.get(kind, kind)
+    error = FileNotFoundError if kind == "missing" else _Refused
+    with pytest.raises(error, match=rf"^{expected}: .*x\.csv$"):
+        io.check_regular_file(p, _Refused, messages, missing_error=FileNotFoundError)
+    if kind == "missing":  # without missing_error, a missing path raises the caller's error too
+        with pytest.raises(_Refused, match="^missing: "):
+            io.check_regular_file(p, _Refused, messages)

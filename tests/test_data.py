@@ -271,7 +271,7 @@ def test_failed_build_leaves_the_good_bank_untouched(syn_bank, synthetic_corpus,
             raise RuntimeError("simulated crash mid-build")
         return real(row, cache, **kw)
 
-    monkeypatch.setattr(data, "render_clip", flaky)
+    monkeypatch.setattr(data.bank, "render_clip", flaky)  # the name build_bank calls
     with pytest.raises(RuntimeError, match="simulated crash"):
         data.build_bank(bank_cfg(synthetic_corpus, folder.parent), force=True, progress=False)
     assert tree_hashes(folder) == before
@@ -372,6 +372,77 @@ def test_shortcut_report_shape(syn_bank):
     assert list(rep["treatment"][:6]) == ["none", "bandlimit_augment"] * 3
     assert rep["separability"].between(0.5, 1).all() and rep["best_balanced_accuracy"].between(0.5, 1).all()
 
+
+
+def _report(**separabilities) -> pd.DataFrame:
+    """A shortcut report with every row shortcut_findings reads, at the given separabilities (default 0.5)."""
+    rows = [("band_limited", "metadata", "none"), ("band_limited", "metadata", "bandlimit_augment")]
+    for feat in ("rolloff95_hz", "highband_db"):
+        rows += [(feat, on, t) for on in ("clean source", "mixture") for t in ("none", "bandlimit_augment")]
+    rows += [("rms_dbfs", "mixture", "none"), ("rms_dbfs", "mixture", "rms normalization")]
+    out = pd.DataFrame(rows, columns=["feature", "measured_on", "treatment"])
+    out["separability"] = [separabilities.get(f"{f}|{m}|{t}", 0.5) for f, m, t in rows]
+    out["best_balanced_accuracy"] = out["separability"]
+    return out
+
+
+def test_shortcut_findings_are_built_from_the_report():
+    bank = pd.DataFrame({"label": ["speech"] * 4 + ["nonspeech"] * 4,
+                         "bandlimited_origin": [True, True, False, False, False, False, False, True],
+                         "bandlimit": ["none", "telephone", "none", "lowpass_4000", "telephone", "none", "none", "none"]})
+    rep = _report(**{"band_limited|metadata|none": 0.7, "band_limited|metadata|bandlimit_augment": 0.52,
+                     "highband_db|clean source|none": 0.9, "highband_db|mixture|none": 0.8, "highband_db|mixture|bandlimit_augment": 0.76,
+                     "rms_dbfs|mixture|none": 0.66})
+    text = data.shortcut_findings(rep, bank, "rms")
+    assert "50% of speech and 25% of non-speech come from 8-11 kHz recordings" in text
+    assert "75% and 50% of the clips are band-limited" in text  # origin or treatment
+    assert "0.70 before the treatment (a moderate shortcut) and 0.52 after it (close to no information)" in text
+    assert "on the mixtures the model hears 0.80 → 0.76 (a strong shortcut). Full-band noise" in text
+    assert "stored RMS level separates the classes with 0.66" in text and "after rms normalization 0.50" in text
+    assert "most informative single trivial feature of what the model hears is highband_db (mixture, separability 0.76" in text
+    untreated = bank.assign(bandlimit="none")
+    no_norm = rep[rep["treatment"] != "rms normalization"]
+    text = data.shortcut_findings(no_norm, untreated, "none")
+    assert "the treatment is off in this run" in text and "with normalization 'none' the model hears the stored level" in text
+
+
+def test_split_table_and_disjointness(syn_bank):
+    bank = data.load_bank(syn_bank)
+    table = data.split_table(bank)
+    assert list(table.index) == list(data.SPLITS)
+    assert table["clips"].to_numpy().sum() == len(bank)
+    assert (table["groups"]["speech"] == bank[bank.label == "speech"].groupby("split")["group_id"].nunique().reindex(data.SPLITS)).all()
+    checked = data.split_disjointness(bank)
+    assert checked == {"groups": bank["group_id"].nunique(),
+                       "noise_recordings": bank.loc[bank.noise_type == "real", "noise_group_id"].nunique()}
+    crossing = bank.copy()
+    crossing.loc[crossing.index[crossing.split == "test"][0], "group_id"] = crossing.loc[crossing.split == "train", "group_id"].iloc[0]
+    with pytest.raises(AssertionError, match="groups in several splits"):
+        data.split_disjointness(crossing)
+    real = bank[bank.noise_type == "real"]
+    noisy = bank.copy()
+    noisy.loc[real.index[real.split == "test"][0], "noise_group_id"] = real.loc[real.split == "train", "noise_group_id"].iloc[0]
+    with pytest.raises(AssertionError, match="noise recordings in several splits"):
+        data.split_disjointness(noisy)
+
+
+def test_bank_meta_and_require_bank(syn_bank, tmp_path):
+    meta = data.load_bank_meta(syn_bank)
+    assert meta == yaml.safe_load((syn_bank.parent / "bank.yaml").read_text()) and meta["complete"] is True
+    assert data.load_bank_meta(syn_bank.parent) == meta  # the folder works as well as its manifest
+    sources, noise = data.bank_sources(syn_bank)  # the material the bank was rendered from, read again
+    expected = data.sources_from_local(meta["data_dir"])
+    pd.testing.assert_frame_equal(sources, expected[0])
+    pd.testing.assert_frame_equal(noise, expected[1])
+    with pytest.raises(ManifestError, match=r"bank\.yaml does not exist"):
+        data.load_bank_meta(tmp_path / "manifest.csv")
+    data.require_bank(None, syn_bank)
+    (tmp_path / "bank.yaml").write_text("manifest: x\n")
+    data.require_bank(tmp_path, None)
+    with pytest.raises(FileNotFoundError, match=r"run chapter 01_data_prep first.*\(run folder .*empty has no bank\.yaml\)"):
+        data.require_bank(tmp_path / "empty", None)
+    with pytest.raises(FileNotFoundError, match="this chapter needs a bank"):
+        data.require_bank(None, None)
 
 def test_assign_splits_is_group_disjoint_and_proportional():
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""lib.downloads without network: the HTTP call is replaced by fakes. Parsing of ESC-50's csv and of
+"""lib.data.downloads without network: the HTTP call is replaced by fakes. Parsing of ESC-50's csv and of
 RTTM files made in the test, checksums, resumable downloads, the no-network error, and sources cut
 from RTTM-annotated recordings (speech only from annotated speech, non-speech only away from it)."""
 from __future__ import annotations
@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from lib import config, data, downloads
-from lib.downloads import ChecksumError, DownloadError, Remote
+from lib import config, data
+from lib.data import downloads, rttm
+from lib.data.downloads import ChecksumError, DownloadError, Remote
 
 PAYLOAD = bytes(range(256)) * 400  # 102400 bytes
 
@@ -174,7 +175,7 @@ def make_esc50(root: Path, with_src_file: bool = True) -> Path:
 @pytest.mark.parametrize("with_src_file", [True, False])
 def test_esc50_sources(tmp_path, with_src_file):
     root = make_esc50(tmp_path / "ESC-50-master", with_src_file)
-    src, noise = downloads.sources_from_esc50(root)
+    src, noise = data.sources_from_esc50(root)
     assert list(src.columns[: len(data.SOURCE_COLUMNS)]) == data.SOURCE_COLUMNS
     assert (src["label"] == "nonspeech").all()  # laughing, crying, sneezing stay NONSPEECH
     assert {"laughing", "crying_baby", "sneezing"} <= set(src["category"])
@@ -190,9 +191,9 @@ def test_esc50_bad_csv(tmp_path):
     root = make_esc50(tmp_path / "e")
     pd.read_csv(root / "meta" / "esc50.csv").drop(columns=["category"]).to_csv(root / "meta" / "esc50.csv", index=False)
     with pytest.raises(ValueError, match=r"esc50\.csv lacks column\(s\) category"):
-        downloads.read_esc50_meta(root)
+        data.read_esc50_meta(root)
     with pytest.raises(DownloadError, match="ESC-50 metadata .* not found"):
-        downloads.read_esc50_meta(tmp_path / "nothing")
+        data.read_esc50_meta(tmp_path / "nothing")
 
 
 # -------------------------------------------------------------------------------------------- RTTM
@@ -209,7 +210,7 @@ SPKR-INFO rec1 1 <NA> <NA> <NA> unknown spk00 <NA> <NA>
 def test_parse_rttm(tmp_path):
     p = tmp_path / "rec1.rttm"
     p.write_text(RTTM)
-    df = downloads.parse_rttm(p)
+    df = rttm.parse_rttm(p)
     assert list(df.columns) == ["file_id", "start_s", "end_s", "speaker"]
     assert len(df) == 3 and df["end_s"].tolist() == [4.0, 5.5, 18.5] and df["speaker"].tolist() == ["spk00", "spk01", "spk00"]
 
@@ -223,17 +224,23 @@ def test_parse_rttm_bad_lines_name_file_and_line(tmp_path, line, msg):
     p = tmp_path / "bad.rttm"
     p.write_text(RTTM + line + "\n")
     with pytest.raises(ValueError, match=rf"bad\.rttm:6: .*{msg}"):
-        downloads.parse_rttm(p)
+        rttm.parse_rttm(p)
 
 
 def test_regions(tmp_path):
     p = tmp_path / "rec1.rttm"
     p.write_text(RTTM)
-    segs = downloads.parse_rttm(p)
-    assert downloads.speech_regions(segs) == [(1.0, 5.5), (12.0, 18.5)]
-    gaps = downloads.nonspeech_regions(segs, duration_s=25.0, margin_s=0.5)
+    segs = rttm.parse_rttm(p)
+    assert rttm.speech_regions(segs) == [(1.0, 5.5), (12.0, 18.5)]
+    gaps = rttm.nonspeech_regions(segs, duration_s=25.0, margin_s=0.5)
     assert gaps == [(0.0, 0.5), (6.0, 11.5), (19.0, 25.0)]
 
+
+
+def test_merge_intervals():
+    got = rttm.merge_intervals([(5.0, 6.0), (1.0, 2.0), (1.5, 3.0), (3.0, 4.0), (7.0, 7.0), (8.0, 7.5)])
+    assert got == [(1.0, 4.0), (5.0, 6.0)]  # overlapping and touching merged, empty and reversed ones dropped
+    assert rttm.merge_intervals([]) == []
 
 def test_rttm_folder_sources_never_cross_annotations(tmp_path):
     folder = tmp_path / "recs"
@@ -241,11 +248,11 @@ def test_rttm_folder_sources_never_cross_annotations(tmp_path):
     (folder / "rttm").mkdir()
     (folder / "rttm" / "rec1.rttm").write_text(RTTM)
     sf.write(str(folder / "audio" / "rec1.wav"), np.zeros(16000 * 25, dtype=np.float32), 16000, subtype="PCM_16")
-    src, noise = downloads.sources_from_rttm_folder(folder, dataset="vox", margin_s=0.5)
+    src, noise = rttm.sources_from_rttm_folder(folder, dataset="vox", margin_s=0.5)
     assert len(noise) == 0 and (src["group_id"] == "vox:rec1").all()
-    speech = downloads.speech_regions(downloads.parse_rttm(folder / "rttm" / "rec1.rttm"))
+    speech = rttm.speech_regions(rttm.parse_rttm(folder / "rttm" / "rec1.rttm"))
     for r in src.itertuples():
-        assert r.end_s - r.start_s >= downloads.MIN_SEGMENT_S - 1e-9 and r.end_s - r.start_s <= downloads.CHUNK_S + 1e-9
+        assert r.end_s - r.start_s >= rttm.MIN_SEGMENT_S - 1e-9 and r.end_s - r.start_s <= rttm.CHUNK_S + 1e-9
         inside = any(a - 1e-6 <= r.start_s and r.end_s <= b + 1e-6 for a, b in speech)
         if r.label == "speech":
             assert inside
@@ -259,7 +266,7 @@ def test_rttm_folder_sources_never_cross_annotations(tmp_path):
 def test_rttm_without_audio_names_the_file_id(tmp_path):
     (tmp_path / "x.rttm").write_text(RTTM)
     with pytest.raises(ValueError, match=r"x\.rttm annotates 'rec1' but there is no audio file rec1"):
-        downloads.sources_from_rttm_folder(tmp_path)
+        rttm.sources_from_rttm_folder(tmp_path)
 
 
 def test_bank_from_an_rttm_folder(tmp_path):

@@ -21,7 +21,7 @@ def clips():
 
 
 def _model(quantization="none", dtype="float32", **tc_kw):
-    tc = T.TrainConfig(**{"extra_trainable": [], "lora_dropout": 0.05, "micro_batch_size": 4, **tc_kw})
+    tc = T.profile_recipe("full", **{"extra_trainable": [], "lora_dropout": 0.05, "micro_batch_size": 4, **tc_kw})
     model, processor = M.load_model("tiny", quantization=quantization, torch_dtype=dtype, device="cpu")
     model = T.apply_lora(model, tc)
     gen = torch.Generator().manual_seed(5)
@@ -163,7 +163,7 @@ def test_switching_back_and_copies(clips):
     with pytest.raises(ValueError, match="lora_kernel 'triton' unknown; valid: fused, peft"):
         FL.use_fused_lora(model, "triton")
     with pytest.raises(ValueError, match="lora_kernel 'fast' unknown"):
-        T.TrainConfig.from_cfg({"lora_kernel": "fast"})
+        T.profile_recipe("full", lora_kernel="fast")
 
 
 def test_training_with_fused_layers_ends_with_peft_adapter(clips, tmp_path):
@@ -171,8 +171,8 @@ def test_training_with_fused_layers_ends_with_peft_adapter(clips, tmp_path):
     labels = ["speech" if a == "A" else "nonspeech" for a in answers]
     adapters = {}
     for kernel in ("peft", "fused"):
-        tc = T.TrainConfig(epochs=2, micro_batch_size=4, grad_accum_steps=1, learning_rate=2e-3, lora_dropout=0.05,
-                           extra_trainable=[], checkpoint_every_steps=100, lora_kernel=kernel)
+        tc = T.profile_recipe("full", epochs=2, micro_batch_size=4, grad_accum_steps=1, learning_rate=2e-3,
+                              lora_dropout=0.05, extra_trainable=[], checkpoint_every_steps=100, lora_kernel=kernel)
         model, processor = M.load_model("tiny", device="cpu")
         model = T.apply_lora(model, tc)
         result = T.train(model, processor, audios, labels, tc, tmp_path / kernel, progress=False)

@@ -107,7 +107,7 @@ def test_a_trained_audio_tower_never_reads_the_cache(mini):
     from lib import train as TR
 
     model, processor = M.load_model("mini")
-    tc = TR.TrainConfig(extra_trainable=["multi_modal_projector", "audio_tower"])
+    tc = TR.profile_recipe("cpu", extra_trainable=["multi_modal_projector", "audio_tower"])
     peft = TR.apply_lora(model, tc)
     cache = model.speechbook_encoder_cache
     before = (cache.hits, cache.misses)

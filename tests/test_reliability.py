@@ -22,7 +22,7 @@ Every item of the issue maps to the test(s) that prove it and to where the check
 | missing audio files | test_data::test_manifest_missing_audio_file_is_named; test_reliability::test_predict_lists_missing_files_by_row_before_loading_a_system | lib.data, lib.predict.read_clip_manifest |
 | an empty split | test_reliability::test_empty_split_is_named | lib.data.check_splits; lib.train.train |
 | a class absent from a split | test_data::test_splits_and_classes_must_not_be_empty | lib.data.check_splits |
-| a profile or parameter with a typo | test_config_io::test_typo_in_parameter_lists_valid_names, ::test_typo_in_profile_lists_profiles; test_data::test_typo_in_a_parameter_lists_valid_names, ::test_bad_bank_parameters_are_named; test_book::test_unknown_override_fails_before_anything_runs; test_reliability::test_typos_on_the_command_line_and_in_chapters_list_valid_names | lib.config.resolve / load_profile; lib.data.bank_params; lib.train.TrainConfig.from_cfg |
+| a profile or parameter with a typo | test_config_io::test_typo_in_parameter_lists_valid_names, ::test_typo_in_profile_lists_profiles; test_data::test_typo_in_a_parameter_lists_valid_names, ::test_bad_bank_parameters_are_named; test_book::test_unknown_override_fails_before_anything_runs; test_reliability::test_typos_on_the_command_line_and_in_chapters_list_valid_names | lib.config.resolve / load_profile; lib.data.bank_params; lib.config.section |
 | a checkpoint folder from another model or variant | test_train::test_checkpoints_of_another_run_are_refused; test_reliability::test_checkpoint_and_adapter_mismatch_messages_say_what_to_do | lib.train.check_fingerprint |
 | an adapter whose base model does not match | test_train::test_an_adapter_on_another_base_model_is_refused; test_reliability::test_checkpoint_and_adapter_mismatch_messages_say_what_to_do | lib.model.load_adapter / check_base_model |
 
@@ -308,7 +308,7 @@ def test_empty_split_is_named():
     from lib import train as T
 
     with pytest.raises(ValueError, match=r"training split is empty.*check the bank's train split"):
-        T.train(None, None, [], [], T.TrainConfig(), "/nonexistent")
+        T.train(None, None, [], [], T.profile_recipe("cpu"), "/nonexistent")
 
 
 def test_typos_on_the_command_line_and_in_chapters_list_valid_names(tmp_path, capsys):
@@ -325,9 +325,9 @@ def test_typos_on_the_command_line_and_in_chapters_list_valid_names(tmp_path, ca
         book.setup_chapter("cpu", tmp_path / "run", lora_varient="attn")  # a chapter's own parameter
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=r"unknown training parameter\(s\) \['epoch'\]; valid: .*epochs"):
-        T.TrainConfig.from_cfg(config.resolve("cpu"), epoch=1)
+        config.section(config.resolve("cpu"), T.TrainConfig, epoch=1)
     with pytest.raises(ValueError, match=r"lora_variant 'qkv' unknown; valid: attn, attn_mlp"):
-        T.TrainConfig.from_cfg(config.resolve("cpu", lora_variant="qkv"))
+        config.section(config.resolve("cpu", lora_variant="qkv"), T.TrainConfig)
 
 
 def test_checkpoint_and_adapter_mismatch_messages_say_what_to_do(tmp_path):
@@ -548,8 +548,8 @@ MODULE_WRITERS = {("torch", "save"), ("np", "save"), ("numpy", "save"), ("np", "
                   ("yaml", "safe_dump"), ("joblib", "dump"), ("pickle", "dump"), ("wavfile", "write"), ("sf", "write"),
                   ("soundfile", "write"), ("shutil", "copy"), ("shutil", "copy2"), ("shutil", "move")}
 ALLOWED = {
-    ("data.py", "_lock"): "an flock lock file; it holds no data",
-    ("downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
+    ("data/bank.py", "_lock"): "an flock lock file; it holds no data",
+    ("data/downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
     ("parallel.py", "_quiet_worker"): "opens os.devnull for a worker's output; writes no file",
     ("sweep.py", "_sweep_beside_book"): "appends the background sweep's log lines (a log, not a result)",
 }

@@ -100,7 +100,7 @@ def test_scenes_come_from_one_split_with_exact_references(synthetic_bank, tmp_pa
         mine = ev[(ev.scene_id == r.recording_id) & (ev.kind == "speech")]
         placed = sorted(x for rs in mine["regions"] for x in rs)
         assert len(regions) >= 1
-        from lib.downloads import _union
+        from lib.data.rttm import merge_intervals as _union
 
         # the RTTM says exactly where speech was placed (boundaries on whole milliseconds: 3 decimals are exact)
         np.testing.assert_allclose(np.array(regions), np.array(_union(placed)), rtol=0, atol=1e-9)

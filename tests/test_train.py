@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -26,7 +27,21 @@ FAST = dict(epochs=2, micro_batch_size=4, grad_accum_steps=2, checkpoint_every_s
 
 
 def _tc(**kw) -> T.TrainConfig:
-    return T.TrainConfig(**{**FAST, **kw})
+    """The seed's recipe (the full profile's) made fast for the tiny model."""
+    return T.profile_recipe("full", **{**FAST, **kw})
+
+
+class Stop(Exception):
+    """The tests' stand-in for a kill, raised by an ``on_step`` callback."""
+
+
+def _stop_after(steps: int, seen: list[int]):
+    """An ``on_step`` callback that stops the run after ``steps`` optimizer steps of this call (noted in ``seen``)."""
+    def on_step(step: T.Step) -> None:
+        seen.append(step.step)
+        if len(seen) >= steps:
+            raise Stop(f"stopped after {len(seen)} steps (step {step.step})")
+    return on_step
 
 
 def _fresh(tc: T.TrainConfig, **load):
@@ -120,14 +135,18 @@ def test_resume_after_a_crash_ends_with_the_uninterrupted_adapter(clips, tmp_pat
     # 20 clips / micro 4 = 5 micro-batches -> 3 steps an epoch; crash at step 4 (mid-epoch 2, after
     # the checkpoint of step 3), then start again from a fresh process' point of view.
     model, processor = _fresh(tc)
-    with pytest.raises(T.SimulatedCrash):
+    seen: list[int] = []
+    with pytest.raises(Stop):
         T.train(model, processor, audios, labels, tc, tmp_path / "crashed", dev_audios=dev[0], dev_labels=dev[1],
-                progress=False, crash_after_steps=4)
+                progress=False, on_step=_stop_after(4, seen))
+    assert seen == [1, 2, 3, 4]
     assert T.latest_checkpoint(tmp_path / "crashed" / "checkpoints").name == "step-0000004"
     model, processor = _fresh(tc)
-    with pytest.raises(T.SimulatedCrash):  # once more, crashing before the next checkpoint
+    seen = []
+    with pytest.raises(Stop):  # once more, crashing before the next checkpoint
         T.train(model, processor, audios, labels, tc, tmp_path / "crashed", dev_audios=dev[0], dev_labels=dev[1],
-                progress=False, crash_after_steps=1)
+                progress=False, on_step=_stop_after(1, seen))
+    assert seen == [5]
     model, processor = _fresh(tc)
     resumed = T.train(model, processor, audios, labels, tc, tmp_path / "crashed", dev_audios=dev[0],
                       dev_labels=dev[1], progress=False)
@@ -183,7 +202,10 @@ def test_the_tiny_model_learns_a_synthetic_task(tmp_path):
     res = T.train(model, processor, audios, labels, tc, tmp_path / "learn", dev_audios=dev_a, dev_labels=dev_l,
                   progress=False)
     assert res.dev["dev_accuracy"].iloc[-1] >= 0.9
-    assert (tmp_path / "learn" / "loss.csv").exists() and (tmp_path / "learn" / "loss_curve.png").exists()
+    # train() writes the history; the figure of it is lib.plots' (train_system draws it: see below)
+    assert len(pd.read_csv(tmp_path / "learn" / "loss.csv")) == len(res.history) == 18
+    assert pd.read_csv(tmp_path / "learn" / "dev.csv")["dev_accuracy"].tolist() == pytest.approx(res.dev["dev_accuracy"].tolist())
+    assert not (tmp_path / "learn" / "loss_curve.png").exists()
 
 
 def _cfg(**kw):
@@ -320,10 +342,13 @@ def test_mlp_checkpointing_recomputes_only_the_mlps_and_gives_the_same_gradients
 
 
 def test_checkpointing_modes_are_checked():
-    assert T.TrainConfig.from_cfg({"gradient_checkpointing": True}).gradient_checkpointing == "layers"
-    assert T.TrainConfig.from_cfg({"gradient_checkpointing": False}).gradient_checkpointing == "none"
-    assert T.TrainConfig.from_cfg({"gradient_checkpointing": "mlp"}).gradient_checkpointing == "mlp"
-    assert T.TrainConfig.from_cfg({"gradient_checkpointing": "layers:24"}).gradient_checkpointing == "layers:24"
+    from lib import config
+
+    assert _tc(gradient_checkpointing=True).gradient_checkpointing == "layers"
+    assert _tc(gradient_checkpointing=False).gradient_checkpointing == "none"
+    assert _tc(gradient_checkpointing="mlp").gradient_checkpointing == "mlp"
+    assert config.section({**config.resolve("full"), "gradient_checkpointing": "layers:24"},
+                          T.TrainConfig).gradient_checkpointing == "layers:24"
     for bad in ("attention", "layers:N", "layers:0", "layers:-1", "mlp:2"):
         with pytest.raises(ValueError, match=f"gradient_checkpointing '{bad}' unknown; valid: true, false, none, layers, layers:N"):
-            T.TrainConfig.from_cfg({"gradient_checkpointing": bad})
+            _tc(gradient_checkpointing=bad)

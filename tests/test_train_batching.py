@@ -15,8 +15,8 @@ from lib import train as T  # noqa: E402
 
 def _run(micro, accum, tmp_path, clips, labels):
     model, processor = M.load_model(M.TINY)
-    tc = T.TrainConfig(lora_dropout=0.0, epochs=1, learning_rate=1e-3, micro_batch_size=micro, grad_accum_steps=accum,
-                       warmup_ratio=0.0, lr_schedule="constant", checkpoint_every_steps=1000)
+    tc = T.profile_recipe("full", lora_dropout=0.0, epochs=1, learning_rate=1e-3, micro_batch_size=micro,
+                          grad_accum_steps=accum, warmup_ratio=0.0, lr_schedule="constant", checkpoint_every_steps=1000)
     peft_model = T.apply_lora(model, tc)
     res = T.train(peft_model, processor, clips, labels, tc, tmp_path / f"{micro}x{accum}", progress=False)
     return {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}, res.history
@@ -58,9 +58,10 @@ def test_attention_backends_cover_the_backward_for_gradient_checkpointing(tmp_pa
     clips = [(0.2 * rng.standard_normal(int(k))).astype(np.float32) for k in rng.integers(1600, 8000, 6)]
     labels = list(rng.choice(["speech", "nonspeech"], 6))
     model, processor = M.load_model(M.TINY)
-    tc = T.TrainConfig(epochs=1, micro_batch_size=3, gradient_checkpointing=True, checkpoint_every_steps=1000)
+    tc = T.profile_recipe("full", epochs=1, micro_batch_size=3, gradient_checkpointing=True, checkpoint_every_steps=1000)
     res = T.train(T.apply_lora(model, tc), processor, clips, labels, tc, tmp_path / "gc", progress=False)
     assert np.isfinite(res.history["loss"]).all()
     import inspect
-    src = inspect.getsource(T.train)
+    assert "accumulate_gradients(" in inspect.getsource(T.train)  # where train() runs its backward passes
+    src = inspect.getsource(T.accumulate_gradients)
     assert "with M.attention_backends(model):" in src and ".backward()" in src.split("with M.attention_backends(model):")[1][:120]

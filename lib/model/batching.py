@@ -35,7 +35,7 @@ def cpu_threads_for(model):
     """Run a small model on CPU with one intra-op thread (``SPEECHBOOK_CPU_THREADS`` overrides it).
 
     The tiny model's matrices are too small to share out: on the 2-core machine with other work running,
-    two torch threads were 4x slower than one (0.66-0.74 vs 0.17-0.19 s per training step of 8 clips).
+    two torch threads were several times slower than one (BENCHMARKS.md).
     GPU runs and large models keep torch's setting. Restored on exit.
     """
     import torch

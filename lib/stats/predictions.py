@@ -16,10 +16,12 @@ from ..results import LABELS, SYSTEM_KEY
 
 
 def read_bank(bank: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """The bank as a DataFrame (a path to its manifest CSV is read with ``clip_id``/``group_id`` as text)."""
+    """The bank as a DataFrame (a path to its manifest is read by the one bank reader, ``lib.data.load_bank``)."""
     if isinstance(bank, pd.DataFrame):
         return bank
-    return pd.read_csv(bank, dtype={"clip_id": str, "group_id": str, "source_id": str}, keep_default_na=False)
+    from ..data import load_bank  # statistics never read audio: the files need not be there
+
+    return load_bank(bank, check_files=False)
 
 
 def with_bank(predictions: pd.DataFrame, bank: pd.DataFrame | str | Path | None, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -9,7 +9,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def one_blas_thread(func: F) -> F:
     """Run ``func`` with BLAS limited to one thread: its matrices are tiny, and on a busy 2-core machine
-    OpenBLAS's thread hand-offs made each small L-BFGS-B fit ~50x slower (measured)."""
+    OpenBLAS's thread hand-offs made each small L-BFGS-B fit many times slower (BENCHMARKS.md)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

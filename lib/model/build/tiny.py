@@ -17,7 +17,7 @@ SPECIAL_TOKENS = list(T.SPECIAL_TOKENS)  # Qwen2-Audio's special tokens, in id o
 # Same classes as the 7B, small sizes. 128 mel bins and 1500 source positions as in the 7B, so the same feature
 # extractor settings and the same 30-s padded path work on it.
 # Width 64 learned as well as 128 on the earlier, smaller cpu bank (960 clips from 480 sources: data-limited) and
-# trains about 2.5x faster; on today's bank (6000 clips, every source) 128 has not been tried.
+# trains faster (BENCHMARKS.md); on today's bank (6000 clips, every source) 128 has not been tried.
 TINY_WIDTH = 64
 TINY_AUDIO = {"d_model": TINY_WIDTH, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 2 * TINY_WIDTH}
 TINY_TEXT = {"hidden_size": TINY_WIDTH, "intermediate_size": 2 * TINY_WIDTH, "num_hidden_layers": 2,

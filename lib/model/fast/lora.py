@@ -23,9 +23,9 @@ variant, no LoRA bias), not merged, adapters enabled, no autocast, no extra call
 :func:`use_fused_lora` switches a model's layers either way; :func:`lib.train.train` switches them on for the
 run and off again at its end.
 
-Measured on the 7B in NF4 (BENCHMARKS.md, v4): the seed's recipe 11-26% faster than with peft's layers, and
-less memory (12.6 against 15.0 GiB without checkpointing), because the block scales of the 4-bit weights are
-decoded once instead of on every call and no float32 copy of each projection's input is kept.
+For the 7B in NF4 the seed's recipe runs faster than with peft's layers and in less memory (BENCHMARKS.md, v4),
+because the block scales of the 4-bit weights are decoded once instead of on every call and no float32 copy of
+each projection's input is kept.
 """
 from __future__ import annotations
 

@@ -37,13 +37,12 @@ def with_prefix(prefix, states):
     """``prefix`` (1, heads, p, dim) in front of every row of ``states`` (batch, heads, n, dim).
 
     Two copies into one new buffer rather than ``torch.cat`` of the broadcast prefix: on CUDA that cat runs an
-    unvectorised copy at about a fifth of the copy bandwidth (58 ms of a 750-ms batch of 512 clips on the H100;
-    the copies take about 30 ms: bench/NOTES.md; ``bench/switches.py`` runs the ``torch.cat`` join side by side).
-    Same values either way."""
+    unvectorised copy at a fraction of the copy bandwidth (BENCHMARKS.md; ``bench/switches.py`` runs the
+    ``torch.cat`` join side by side). Same values either way."""
     batch = states.shape[0]
     n_prefix = prefix.shape[-2]
-    # token-major, like the projections' output whose (batch, heads, n, dim) views the states are: measured 1-2%
-    # faster on the 7B than a head-major buffer
+    # token-major, like the projections' output whose (batch, heads, n, dim) views the states are: a little faster
+    # on the 7B than a head-major buffer (BENCHMARKS.md)
     out = states.new_empty((batch, n_prefix + states.shape[2], states.shape[1], states.shape[3])).transpose(1, 2)
     out[:, :, :n_prefix] = prefix
     out[:, :, n_prefix:] = states

@@ -5,11 +5,11 @@ beyond float noise (``tests/test_fast_scoring.py``):
 * ``prefetch`` -- the next batches' inputs (feature extraction, tokenization, reading lazy clips) built by a worker
   thread while the GPU runs the current one, and results copied back once at the end, so the GPU never waits for
   the CPU;
-* ``fused`` -- the language model's elementwise work fused (:func:`fused_kernels`): 640 -> 786 clips/s GPU-side on
-  the 7B on an H100 (bench/NOTES.md);
+* ``fused`` -- the language model's elementwise work fused (:func:`fused_kernels`);
 * ``plan_free_attention`` -- attention off cuDNN (:func:`attention_backends`): cuDNN builds a plan for every new
-  batch shape, which made the first pass over new clips 20-30% slower on the H100, and the memory-efficient kernel
-  was as fast per batch (bench/NOTES.md).
+  batch shape, which slows the first pass over new clips, and the memory-efficient kernel is as fast per batch.
+
+What each gains on the 7B: BENCHMARKS.md.
 
 Each switch left at ``None`` is on when the model is on CUDA and off on the CPU, where the loop is then bit for bit
 the plain one.
