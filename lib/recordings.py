@@ -8,7 +8,7 @@
   scored with pyannote.metrics; the setting with the lowest pooled detection error rate on dev wins.
 * :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.segment.
   segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
-  (:func:`lib.detection.evaluate`).
+  (:func:`lib.segment_output.measure`).
 * :func:`run_own_helper` -- Silero's and FireRedVAD's own segment helpers, default settings, for comparison.
 * :func:`event_errors` -- error analysis: which non-speech events became false alarms (share of each event, outside
   reference speech, covered by detected speech) and which speech was missed (share of each utterance's reference
@@ -26,7 +26,11 @@ import numpy as np
 import pandas as pd
 
 from . import detection, io
-from .segment import SR, SegmentParams, binarize, frames_from_windows, load_recording, score_windows, window_starts
+from .audio import AUDIO_EXTENSIONS, SR
+from .data.rttm import read_rttm_segments, write_rttm
+from .segment import SegmentParams, binarize, frame_probabilities, load_recording, segment_recordings
+from .segment_output import SEGMENT_COLUMNS
+from .sliding_windows import frames_from_windows, score_windows, window_starts
 
 VAD_SPECS = ("silero", "webrtc", "firered")
 
@@ -35,9 +39,6 @@ VAD_SPECS = ("silero", "webrtc", "firered")
 def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tuple[float, float]]]]:
     """Recordings and reference speech regions of a scene folder (``scenes.csv``) or of any folder of recordings with
     RTTM references (an ``.rttm`` of the same name anywhere under the folder: VoxConverse's layout after its download)."""
-    from .audio import AUDIO_EXTENSIONS
-    from .segment import read_rttm_segments
-
     folder = Path(folder)
     if (folder / "scenes.csv").exists():
         sc = pd.read_csv(folder / "scenes.csv", keep_default_na=False)
@@ -95,8 +96,6 @@ def dev_frames(system: Any, recs: pd.DataFrame, windows_ms: Sequence[float], hop
                aggregates: Sequence[str], progress: bool = False) -> tuple[dict[tuple, dict[str, np.ndarray]], float]:
     """Frame probabilities of every dev recording for each (window_ms, aggregate) -- or ``(None, None)`` once for a
     VAD -- and the compute seconds spent."""
-    from .segment import frame_probabilities
-
     audio = {r.recording_id: load_recording(r.path) for r in recs.itertuples(index=False)}
     frame = int(round(frame_ms * SR / 1000))
     out: dict[tuple, dict[str, np.ndarray]] = {}
@@ -152,8 +151,6 @@ def params_from_row(row: Mapping[str, Any], hop_ms: float, frame_ms: float) -> S
 def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFrame, out: str | Path, run_id: str,
                 progress: bool = False) -> Path:
     """The chosen setting through segment's engine on the test recordings (a manifest of their paths)."""
-    from .segment import segment_recordings
-
     out = Path(out)
     manifest = out.parent / f"{out.name}.recordings.csv"  # kept: the output's segment.yaml names it as its input
     io.write_csv(manifest, pd.DataFrame({"recording_id": recs["recording_id"], "path": recs["path"]}))
@@ -163,9 +160,8 @@ def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFram
 def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
     """A VAD's own segment helper with its default settings (:func:`lib.vad.own_segments`) on the recordings, written
     in segment's layout (``rttm/``, ``segments.csv``, ``recordings.csv``; no frame probabilities) so that
-    :func:`measure` reads it like any system."""
-    from .segment import SEGMENT_COLUMNS, write_rttm
-    from .vad import own_segments
+    :func:`lib.segment_output.measure` reads it like any system."""
+    from .vad import own_segments  # the VADs' packages load only when a VAD runs
 
     out = Path(out)
     name = f"{kind}_vad (own helper)"
@@ -184,28 +180,6 @@ def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) 
     io.write_csv(out / "recordings.csv", pd.DataFrame(rec_rows))
     io.write_yaml(out / "segment.yaml", {"state": "complete", "run_id": run_id, "system": name, "helper": kind})
     return out
-
-
-def measure(out: str | Path, refs: Mapping[str, Sequence[tuple[float, float]]], collar_s: float, n_boot: int,
-            level: float, seed: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics of a segment output folder against the references: pooled with intervals, per recording, and the
-    frame labels and probabilities (for ROC curves)."""
-    from .segment import read_frames, read_rttm_segments
-
-    out = Path(out)
-    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False)
-    rows, frames = [], {}
-    for r in recs.itertuples(index=False):
-        rid = str(r.recording_id)
-        hyp = read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
-        rows.append({"recording_id": rid, **detection.recording_components(refs[rid], hyp, float(r.duration_s), collar_s, uri=rid)})
-        if (out / "frames" / f"{rid}.npz").exists():  # a VAD's own helper gives segments only
-            probs, frame_s, n = read_frames(out / "frames" / f"{rid}.npz")
-            frames[rid] = (detection.frame_labels(refs[rid], len(probs), frame_s), probs)
-    per = pd.DataFrame(rows)
-    pooled = detection.evaluate(per, frames if len(frames) == len(per) else None, n_boot=n_boot, level=level, seed=seed)
-    pooled["rtf"] = float(recs["compute_s"].sum() / recs["duration_s"].sum())
-    return pooled, per, frames
 
 
 # ============================================================================================ errors
