@@ -116,13 +116,18 @@ def _read_profile_file(name: str) -> dict[str, Any]:
             f"unknown profile {name!r}; valid profiles: {', '.join(available_profiles())}"
             + _did_you_mean(name, available_profiles())
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    return flatten_sections(yaml.safe_load(path.read_text()) or {}, f"profile {name} ({path})")
+
+
+def flatten_sections(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Parameters grouped in sections (as profiles and params.yaml files group them for the reader) made flat;
+    a key in two sections is an error, since the resolved parameters are flat."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, dict):  # a section
             for k, v in value.items():
                 if k in flat:
-                    raise ConfigError(f"profile {name}: key {k!r} appears in two sections of {path}")
+                    raise ConfigError(f"{where}: key {k!r} appears in two sections")
                 flat[k] = v
         else:
             flat[key] = value

@@ -28,6 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import io
+from .audio import SR  # the book's one sample rate
 from .results import LABELS, predictions_frame
 
 REQUIRED = ("path",)
@@ -378,5 +379,5 @@ def predict_report(
         for line, rel, why in failures:
             log(f"  line {line}: {rel}")
     if n_windowed:
-        log(f"{n_windowed} clip(s) longer than {window / 16000:.0f} s: {getattr(scorer, 'window_rule', '')}")
+        log(f"{n_windowed} clip(s) longer than {window / SR:.0f} s: {getattr(scorer, 'window_rule', '')}")
     return PredictReport(Path(out), int(keep.sum()), failures, n_windowed)

@@ -8,17 +8,22 @@
   scored with pyannote.metrics; the setting with the lowest pooled detection error rate on dev wins.
 * :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.segment.
   segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
-  (:func:`lib.detection.evaluate`).
+  (:func:`lib.segment_output.measure`).
 * :func:`run_own_helper` -- Silero's and FireRedVAD's own segment helpers, default settings, for comparison.
 * :func:`event_errors` -- error analysis: which non-speech events became false alarms (share of each event, outside
   reference speech, covered by detected speech) and which speech was missed (share of each utterance's reference
   speech not covered), with each event's category, duration and SNR.
-* :func:`timeline_figure` -- reference above each system's frame probability and segments, for one recording.
+* :func:`tune_on_dev` / :func:`run_test` -- the chapter's two passes over every system, with
+  :class:`RecordingsStudy` (the profile's ``seg_*`` parameters, read by ``lib.config.section``).
+
+The analysis of the test results is :mod:`lib.recordings_analysis`; the chapter's figures are
+:mod:`lib.recordings_figures`.
 """
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,18 +31,75 @@ import numpy as np
 import pandas as pd
 
 from . import detection, io
-from .segment import SR, SegmentParams, binarize, frames_from_windows, load_recording, score_windows, window_starts
+from .audio import AUDIO_EXTENSIONS, SR
+from .data.rttm import read_rttm_segments, write_rttm
+from .segment import SegmentParams, binarize, frame_probabilities, load_recording, segment_recordings
+from .segment_output import SEGMENT_COLUMNS
+from .sliding_windows import frames_from_windows, score_windows, window_starts
 
 VAD_SPECS = ("silero", "webrtc", "firered")
+OWN_HELPERS = ("silero", "firered")  # the VADs whose packages ship their own segment helper
+
+
+@dataclass(frozen=True)
+class RecordingsStudy:
+    """Chapter 09's parameters (the profile's ``recordings`` section), read with ``lib.config.section``."""
+
+    SECTION = "recordings"
+    seed: int
+    ci_level: float
+    bootstrap_reps: int
+    seg_collar_s: float
+    seg_frame_ms: float
+    seg_hop_ms: float
+    seg_windows_ms: list
+    seg_aggregates: list
+    seg_onsets: list
+    seg_offset_gaps: list
+    seg_min_speech_ms: list
+    seg_min_silence_ms: list
+
+    def __post_init__(self) -> None:  # YAML gives 10 for 10.0: the scalars as the code uses them
+        for name, kind in (("seed", int), ("ci_level", float), ("bootstrap_reps", int), ("seg_collar_s", float),
+                           ("seg_frame_ms", float), ("seg_hop_ms", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+def require_run_folder(run_dir: str | Path | None) -> None:
+    """Chapter 09 works on a run of chapters 01-03: its bank and saved systems; say how to make one if missing."""
+    if run_dir is None or not (Path(run_dir) / "bank.yaml").exists():
+        raise FileNotFoundError(
+            "this chapter needs a run folder with a bank and saved systems: run chapters 01-03 first "
+            "(`python -m lib book --chapters '01 02 03'`) and pass that folder as run_dir"
+            + (f" ({run_dir} has no bank.yaml)" if run_dir is not None else ""))
+
+
+@dataclass
+class SceneSplit:
+    """One split's scenes: the folder, the recordings table, reference speech regions and the placed events."""
+
+    folder: Path
+    recs: pd.DataFrame
+    refs: dict[str, list[tuple[float, float]]]
+    events: pd.DataFrame
+
+
+def scene_splits(manifest: str | Path, cfg: Mapping[str, Any], splits: Sequence[str] = ("dev", "test")) -> dict[str, SceneSplit]:
+    """The dev and test scenes of the run's bank, built or reused (:func:`lib.scenes.build_scenes`), read back."""
+    from . import scenes
+
+    out = {}
+    for split in splits:
+        folder = scenes.build_scenes(manifest, split, scenes.SceneParams.from_cfg(cfg, split))
+        recs, refs = recordings_of(folder)
+        out[split] = SceneSplit(Path(folder), recs, refs, scenes.read_scenes(folder)[1])
+    return out
 
 
 # ============================================================================================ recordings
 def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tuple[float, float]]]]:
     """Recordings and reference speech regions of a scene folder (``scenes.csv``) or of any folder of recordings with
     RTTM references (an ``.rttm`` of the same name anywhere under the folder: VoxConverse's layout after its download)."""
-    from .audio import AUDIO_EXTENSIONS
-    from .segment import read_rttm_segments
-
     folder = Path(folder)
     if (folder / "scenes.csv").exists():
         sc = pd.read_csv(folder / "scenes.csv", keep_default_na=False)
@@ -95,8 +157,6 @@ def dev_frames(system: Any, recs: pd.DataFrame, windows_ms: Sequence[float], hop
                aggregates: Sequence[str], progress: bool = False) -> tuple[dict[tuple, dict[str, np.ndarray]], float]:
     """Frame probabilities of every dev recording for each (window_ms, aggregate) -- or ``(None, None)`` once for a
     VAD -- and the compute seconds spent."""
-    from .segment import frame_probabilities
-
     audio = {r.recording_id: load_recording(r.path) for r in recs.itertuples(index=False)}
     frame = int(round(frame_ms * SR / 1000))
     out: dict[tuple, dict[str, np.ndarray]] = {}
@@ -152,8 +212,6 @@ def params_from_row(row: Mapping[str, Any], hop_ms: float, frame_ms: float) -> S
 def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFrame, out: str | Path, run_id: str,
                 progress: bool = False) -> Path:
     """The chosen setting through segment's engine on the test recordings (a manifest of their paths)."""
-    from .segment import segment_recordings
-
     out = Path(out)
     manifest = out.parent / f"{out.name}.recordings.csv"  # kept: the output's segment.yaml names it as its input
     io.write_csv(manifest, pd.DataFrame({"recording_id": recs["recording_id"], "path": recs["path"]}))
@@ -163,9 +221,8 @@ def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFram
 def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
     """A VAD's own segment helper with its default settings (:func:`lib.vad.own_segments`) on the recordings, written
     in segment's layout (``rttm/``, ``segments.csv``, ``recordings.csv``; no frame probabilities) so that
-    :func:`measure` reads it like any system."""
-    from .segment import SEGMENT_COLUMNS, write_rttm
-    from .vad import own_segments
+    :func:`lib.segment_output.measure` reads it like any system."""
+    from .vad import own_segments  # the VADs' packages load only when a VAD runs
 
     out = Path(out)
     name = f"{kind}_vad (own helper)"
@@ -184,28 +241,6 @@ def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) 
     io.write_csv(out / "recordings.csv", pd.DataFrame(rec_rows))
     io.write_yaml(out / "segment.yaml", {"state": "complete", "run_id": run_id, "system": name, "helper": kind})
     return out
-
-
-def measure(out: str | Path, refs: Mapping[str, Sequence[tuple[float, float]]], collar_s: float, n_boot: int,
-            level: float, seed: int) -> tuple[dict[str, float], pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics of a segment output folder against the references: pooled with intervals, per recording, and the
-    frame labels and probabilities (for ROC curves)."""
-    from .segment import read_frames, read_rttm_segments
-
-    out = Path(out)
-    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False)
-    rows, frames = [], {}
-    for r in recs.itertuples(index=False):
-        rid = str(r.recording_id)
-        hyp = read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
-        rows.append({"recording_id": rid, **detection.recording_components(refs[rid], hyp, float(r.duration_s), collar_s, uri=rid)})
-        if (out / "frames" / f"{rid}.npz").exists():  # a VAD's own helper gives segments only
-            probs, frame_s, n = read_frames(out / "frames" / f"{rid}.npz")
-            frames[rid] = (detection.frame_labels(refs[rid], len(probs), frame_s), probs)
-    per = pd.DataFrame(rows)
-    pooled = detection.evaluate(per, frames if len(frames) == len(per) else None, n_boot=n_boot, level=level, seed=seed)
-    pooled["rtf"] = float(recs["compute_s"].sum() / recs["duration_s"].sum())
-    return pooled, per, frames
 
 
 # ============================================================================================ errors
@@ -237,35 +272,89 @@ def _subtract(regions: Sequence[tuple[float, float]], minus: Sequence[tuple[floa
     return out
 
 
-# ============================================================================================ figures
-def timeline_figure(recording_id: str, duration_s: float, reference: Sequence[tuple[float, float]],
-                    events: pd.DataFrame, systems: Mapping[str, tuple[np.ndarray, float, Sequence[tuple[float, float]], float]],
-                    title: str) -> Any:
-    """Reference (speech regions; non-speech events as hatched spans) above one row per system: its frame
-    probability, its onset threshold and its segments. ``systems``: name -> (probs, frame_s, segments, onset)."""
-    import matplotlib.pyplot as plt
+# ============================================================================================ the chapter's passes
+@dataclass
+class DevChoice:
+    """What the dev scenes chose: per system name its spec and loaded system, the settings table (best first), the
+    chosen :class:`SegmentParams` and the seconds spent scoring; ``best`` has each system's top row."""
 
-    n = len(systems) + 1
-    fig, axes = plt.subplots(n, 1, figsize=(12, 1.0 + 0.9 * n), sharex=True, gridspec_kw={"hspace": 0.15})
-    ax = axes[0]
-    for a, b in reference:
-        ax.axvspan(a, b, ymin=0.5, ymax=0.95, color="tab:green", alpha=0.8, lw=0)
-    ev = events[events["scene_id"] == recording_id]
-    for e in ev[ev["kind"] == "nonspeech"].itertuples(index=False):
-        ax.axvspan(e.onset_s, e.end_s, ymin=0.05, ymax=0.45, color="tab:orange", alpha=0.6, lw=0)
-    ax.set_yticks([0.72, 0.25], ["speech", "non-speech\nevents"])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("reference", rotation=0, ha="right", va="center")
-    for ax, (name, (probs, frame_s, segs, onset)) in zip(axes[1:], systems.items()):
-        t = (np.arange(len(probs)) + 0.5) * frame_s
-        for a, b in segs:
-            ax.axvspan(a, b, color="tab:blue", alpha=0.18, lw=0)
-        ax.plot(t, probs, color="tab:blue", lw=0.8)
-        ax.axhline(onset, color="grey", lw=0.8, ls="--")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_yticks([0, 1])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    axes[-1].set_xlabel("time in the recording (s)")
-    axes[-1].set_xlim(0, duration_s)
-    fig.suptitle(title, y=1.0, fontsize=10)
-    return fig
+    systems: dict[str, tuple[str, Any]]
+    tables: dict[str, pd.DataFrame]
+    chosen: dict[str, SegmentParams]
+    seconds: dict[str, float]
+
+    @property
+    def best(self) -> pd.DataFrame:
+        return pd.DataFrame([{"system": n, **t.iloc[0].to_dict()} for n, t in self.tables.items()])
+
+    def setting(self, name: str) -> str:
+        """The chosen setting in words: the decision variant, and the window variant for a window system."""
+        spec, system = self.systems[name]
+        p = self.chosen[name]
+        return p.decision_variant() + ("" if is_vad(system) else f" {p.windows_variant()}")
+
+
+def tune_on_dev(specs: Sequence[str], dev: SceneSplit, study: RecordingsStudy, log: Any = print) -> DevChoice:
+    """Each system (:func:`lib.systems.load_system`) over the dev scenes for every window size and decision setting
+    of the grid; the setting with the lowest pooled detection error rate is chosen (:func:`choose_settings`)."""
+    from .systems import load_system
+
+    choice = DevChoice({}, {}, {}, {})
+    durations = dict(zip(dev.recs["recording_id"], dev.recs["duration_s"]))
+    for spec in specs:
+        system = load_system(spec)
+        name = system.name
+        choice.systems[name] = (spec, system)
+        frames, choice.seconds[name] = dev_frames(system, dev.recs, study.seg_windows_ms, study.seg_hop_ms,
+                                                  study.seg_frame_ms, study.seg_aggregates)
+        choice.tables[name] = choose_settings(frames, dev.refs, durations, study.seg_frame_ms, study.seg_onsets,
+                                              study.seg_offset_gaps, study.seg_min_speech_ms, study.seg_min_silence_ms,
+                                              study.seg_collar_s)
+        choice.chosen[name] = params_from_row(choice.tables[name].iloc[0], study.seg_hop_ms, study.seg_frame_ms)
+        p = choice.chosen[name]
+        log(f"{name}: {len(choice.tables[name])} settings on dev in {choice.seconds[name]:.0f} s of scoring; chosen "
+            f"{p.windows_variant() if not is_vad(system) else 'own frames'} {p.decision_variant()}")
+    return choice
+
+
+@dataclass
+class TestResults:
+    """The test pass: ``metrics`` (one row per system, pooled with intervals), and per system name the metrics per
+    recording, the frame labels and probabilities per recording (systems with frames only) and the detected
+    segments per recording (``hyps``)."""
+
+    metrics: pd.DataFrame
+    per_recording: dict[str, pd.DataFrame]
+    frames: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    hyps: dict[str, dict[str, list[tuple[float, float]]]]
+
+
+def _hyps(out: Path) -> dict[str, list[tuple[float, float]]]:
+    seg = pd.read_csv(out / "segments.csv")
+    return {rid: list(zip(g["start_s"], g["end_s"])) for rid, g in seg.groupby("recording_id")}
+
+
+def run_test(choice: DevChoice, test: SceneSplit, study: RecordingsStudy, out_root: str | Path, run_id: str,
+             own_helpers: Sequence[str] = OWN_HELPERS) -> TestResults:
+    """Every system once on the test scenes with its dev-chosen setting (:func:`run_on_test`), then the VADs' own
+    segment helpers (:func:`run_own_helper`, as their users get them out of the box), each measured
+    (:func:`lib.segment_output.measure`); the metrics table is written to ``<out_root>/metrics.csv``."""
+    from .segment_output import measure
+
+    out_root = Path(out_root)
+    args = (test.refs, study.seg_collar_s, study.bootstrap_reps, study.ci_level, study.seed)
+    rows, res = [], TestResults(pd.DataFrame(), {}, {}, {})
+    for name, (spec, system) in choice.systems.items():
+        out = run_on_test(system, spec, choice.chosen[name], test.recs, out_root / name, run_id)
+        pooled, res.per_recording[name], res.frames[name] = measure(out, *args)
+        res.hyps[name] = _hyps(out)
+        rows.append({"system": name, "setting": choice.setting(name), **pooled})
+    for kind in own_helpers:
+        name = f"{kind}_vad (own helper)"
+        out = run_own_helper(kind, test.recs, out_root / f"{kind}_vad_own_helper", run_id)
+        pooled, res.per_recording[name], _ = measure(out, *args)
+        res.hyps[name] = _hyps(out)
+        rows.append({"system": name, "setting": "its defaults", **pooled})
+    res.metrics = pd.DataFrame(rows)
+    io.write_csv(out_root / "metrics.csv", res.metrics)
+    return res

@@ -34,28 +34,27 @@ table of DESIGN.md: ``run_id, system, variant, recording_id, start_s, end_s, p_s
 ``--reference`` (an RTTM file or a folder of them, e.g. VoxConverse's), also ``metrics.json`` and
 ``metrics_by_recording.csv`` (:mod:`lib.detection`). Every file is written atomically; the folder must be new or
 one that ``segment`` wrote before.
+
+Modules: :mod:`lib.sliding_windows` (windows, their scores, frames), this one (parameters, decisions, the command),
+:mod:`lib.segment_output` (the output folder's files, measured against references), :mod:`lib.data.rttm` (RTTM).
 """
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import io
 from .audio import SR  # the book's one sample rate
-
-AGGREGATIONS = ("mean", "max", "min")
-SEGMENT_COLUMNS = ["run_id", "system", "variant", "recording_id", "start_s", "end_s", "p_speech_mean"]
-SPEECH_LABEL = "speech"  # the RTTM speaker name of detected speech
-MARKER = "segment.yaml"  # what marks a folder as one this command wrote (and may write again)
-_ID_OK = re.compile(r"^[^\s]+$")
+from .data.rttm import check_recording_id, read_references, write_rttm
+from .segment_output import MARKER, SEGMENT_COLUMNS, measure, prepare_out, segments_table, write_frames
+from .sliding_windows import AGGREGATIONS, frames_from_windows, score_windows, window_starts
 
 
 # ============================================================================================== parameters
@@ -110,12 +109,6 @@ class SegmentParams:
 
 
 # ============================================================================================== recordings
-def _check_id(rid: str, where: str) -> str:
-    if not rid or not _ID_OK.match(rid) or "/" in rid:
-        raise ValueError(f"{where}: recording id {rid!r} cannot be an RTTM file id (no spaces or slashes); give a recording_id column")
-    return rid
-
-
 def read_recordings(audio: str | Path, audio_root: str | Path | None = None) -> pd.DataFrame:
     """What to segment: ``recording_id, path`` (absolute) for a file, a folder (its audio files, not recursive) or a
     CSV manifest (column ``path``, relative to ``audio_root`` or the manifest's folder; ``recording_id`` optional).
@@ -163,95 +156,11 @@ def read_recordings(audio: str | Path, audio_root: str | Path | None = None) -> 
         df = pd.DataFrame({"recording_id": [src.stem], "path": [src.resolve()]})
         where = f"file {src}"
     for rid in df["recording_id"]:
-        _check_id(str(rid), where)
+        check_recording_id(str(rid), where)
     dup = df["recording_id"][df["recording_id"].duplicated()].unique()
     if len(dup):
         raise ValueError(f"{where}: duplicated recording id(s) {list(dup[:5])}: each recording needs its own (give a recording_id column)")
     return df
-
-
-def _prepare_out(out: str | Path, inputs: Iterable[Path]) -> Path:
-    """The output folder: new, or one this command wrote before (it holds segment.yaml); never an input's folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder (it will hold rttm/, frames/, segments.csv)")
-    res = out.resolve()
-    for p in inputs:
-        if Path(p).resolve().is_relative_to(res):
-            raise ValueError(f"--out {out} holds the input {p}; give another folder, so no input can be overwritten")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise ValueError(f"--out {out} is a folder that segment did not write (no {MARKER}); give a new folder, so nothing in it is overwritten")
-    return out
-
-
-# ============================================================================================== windows
-def window_starts(n_samples: int, window: int, hop: int) -> np.ndarray:
-    """Start samples of the windows over a recording: every ``hop``, plus one ending at the recording's end when the
-    regular ones fall short of it; one window (the whole recording) when it is shorter than a window."""
-    if n_samples <= window:
-        return np.zeros(1, dtype=np.int64)
-    starts = np.arange(0, n_samples - window + 1, hop, dtype=np.int64)
-    if starts[-1] + window < n_samples:
-        starts = np.append(starts, n_samples - window)
-    return starts
-
-
-def frames_from_windows(scores: np.ndarray, starts: np.ndarray, window: int, n_samples: int, frame: int,
-                        aggregate: str = "mean") -> np.ndarray:
-    """Frame probabilities on a grid of ``frame`` samples from window scores: each frame aggregates the windows
-    that cover its centre (``mean``, ``max`` or ``min``)."""
-    if aggregate not in AGGREGATIONS:
-        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
-    n_frames = max(1, -(-n_samples // frame))
-    centres = (np.arange(n_frames) + 0.5) * frame
-    ends = np.minimum(starts + window, max(n_samples, 1))
-    lo = np.searchsorted(centres, starts, side="left")  # first frame whose centre is >= the window's start
-    hi = np.searchsorted(centres, ends, side="left")  # frames with centre < the window's end
-    total = np.zeros(n_frames)
-    count = np.zeros(n_frames)
-    top = np.full(n_frames, -np.inf)
-    bottom = np.full(n_frames, np.inf)
-    for s, a, b in zip(np.asarray(scores, dtype=float), lo, hi):
-        if b <= a:  # only a recording shorter than one frame: its one window speaks for its one frame
-            a = min(int(a), n_frames - 1)
-            b = a + 1
-        total[a:b] += s
-        count[a:b] += 1
-        np.maximum(top[a:b], s, out=top[a:b])
-        np.minimum(bottom[a:b], s, out=bottom[a:b])
-    if (count == 0).any():  # cannot happen with window_starts' windows; say so if someone passes others
-        raise ValueError(f"{int((count == 0).sum())} frame(s) are covered by no window")
-    out = {"mean": total / count, "max": top, "min": bottom}[aggregate]
-    return out.astype(np.float32)
-
-
-def _windows(x: np.ndarray, starts: np.ndarray, window: int) -> list[np.ndarray]:
-    return [x[s : s + window] for s in starts]
-
-
-def score_windows(system: Any, x: np.ndarray, starts: np.ndarray, window: int, normalization: str,
-                  batch: int = 256, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Each window's ``p_speech`` from ``system.score``, ``batch`` windows per call; returns the scores and how many
-    windows were digital silence (scored 0 without the system)."""
-    from .audio import SILENCE_PEAK, normalize
-
-    scores = np.zeros(len(starts), dtype=float)
-    silent = 0
-    for a in range(0, len(starts), batch):
-        part = starts[a : a + batch]
-        clips, idx = [], []
-        for j, s in enumerate(part):
-            w = x[s : s + window]
-            if float(np.max(np.abs(w))) < SILENCE_PEAK:
-                silent += 1
-                continue
-            clips.append(normalize(w, normalization))
-            idx.append(a + j)
-        if clips:
-            scores[idx] = np.asarray(system.score(clips), dtype=float)
-        if progress is not None:
-            progress(len(part))
-    return scores, silent
 
 
 # ============================================================================================== decisions
@@ -286,61 +195,6 @@ def binarize(probs: np.ndarray, frame_s: float, onset: float, offset: float, min
             merged.append([a, b])
     min_len = int(round(min_speech_s / frame_s))
     return [(a, b) for a, b in merged if b - a >= max(min_len, 1)]
-
-
-def segments_table(probs: np.ndarray, segs: Sequence[tuple[int, int]], frame_s: float, n_samples: int, *,
-                   run_id: str, system: str, variant: str, recording_id: str) -> pd.DataFrame:
-    """The segments table of one recording; times in seconds (the last segment ends at the recording's end at most)."""
-    dur = n_samples / SR
-    rows = [{"run_id": run_id, "system": system, "variant": variant, "recording_id": recording_id,
-             "start_s": round(a * frame_s, 6), "end_s": round(min(b * frame_s, dur), 6),
-             "p_speech_mean": float(np.mean(probs[a:b]))} for a, b in segs]
-    return pd.DataFrame(rows, columns=SEGMENT_COLUMNS)
-
-
-# ============================================================================================== RTTM
-def rttm_lines(recording_id: str, segments: Iterable[tuple[float, float]], speaker: str = SPEECH_LABEL) -> str:
-    """VoxConverse's RTTM: ``SPEAKER <file> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>``, times in seconds to
-    the millisecond (segment boundaries lie on a grid of whole milliseconds, so this is exact)."""
-    _check_id(recording_id, "RTTM")
-    lines = []
-    for a, b in segments:
-        a_ms, b_ms = int(round(a * 1000)), int(round(b * 1000))
-        lines.append(f"SPEAKER {recording_id} 1 {a_ms / 1000:.3f} {(b_ms - a_ms) / 1000:.3f} <NA> <NA> {speaker} <NA> <NA>\n")
-    return "".join(lines)
-
-
-def write_rttm(path: str | Path, recording_id: str, segments: Iterable[tuple[float, float]], speaker: str = SPEECH_LABEL) -> Path:
-    return io.write_text(path, rttm_lines(recording_id, segments, speaker))
-
-
-def read_rttm_segments(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Speech regions per file id of an RTTM file (overlapping speakers merged), read with :func:`lib.data.rttm.parse_rttm`."""
-    from .data.rttm import parse_rttm, speech_regions
-
-    df = parse_rttm(path)
-    return {fid: speech_regions(part) for fid, part in df.groupby("file_id", sort=False)}
-
-
-def read_references(reference: str | Path, recording_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
-    """Reference speech regions of each recording from an RTTM file or a folder of them (searched recursively); a
-    recording with no line in any of them has no speech. A reference that names none of the recordings is refused."""
-    ref = Path(reference)
-    if not ref.exists():
-        raise FileNotFoundError(f"--reference {ref} does not exist: give an RTTM file or a folder of RTTM files")
-    files = sorted(ref.rglob("*.rttm")) if ref.is_dir() else [ref]
-    if not files:
-        raise FileNotFoundError(f"--reference {ref} holds no .rttm files")
-    regions: dict[str, list[tuple[float, float]]] = {}
-    for f in files:
-        for fid, segs in read_rttm_segments(f).items():
-            regions.setdefault(fid, []).extend(segs)
-    if not set(recording_ids) & set(regions):
-        raise ValueError(f"--reference {ref}: its file ids ({sorted(regions)[:5]}) name none of the recordings "
-                         f"({list(recording_ids)[:5]}); RTTM file ids must be the recordings' ids (file name stems)")
-    from .data.rttm import merge_intervals as _union
-
-    return {rid: _union(regions.get(rid, [])) for rid in recording_ids}
 
 
 # ============================================================================================== one recording
@@ -446,7 +300,7 @@ def segment_recordings(
     refs = read_references(reference, recs["recording_id"].astype(str).tolist()) if reference is not None else None
     if not np.isfinite(collar_s) or collar_s < 0:
         raise ValueError(f"collar must be >= 0 s, got {collar_s!r}")
-    out = _prepare_out(out, recs["path"])
+    out = prepare_out(out, recs["path"])
     if isinstance(system, str):
         from .systems import load_system
 
@@ -473,9 +327,7 @@ def segment_recordings(
         res = segment_audio(scorer, x, params, recording_id=str(r.recording_id), batch=batch, progress=progress)
         write_rttm(out / "rttm" / f"{r.recording_id}.rttm", str(r.recording_id), res.segments_s())
         if save_frames:
-            with io.atomic_path(out / "frames" / f"{r.recording_id}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, probs=res.probs, frame_s=res.frame_s, n_samples=res.n_samples)
+            write_frames(out / "frames" / f"{r.recording_id}.npz", res.probs, res.frame_s, res.n_samples)
         tables.append(segments_table(res.probs, res.segments, res.frame_s, res.n_samples, run_id=run_id, system=name,
                                      variant=variant, recording_id=str(r.recording_id)))
         rec_rows.append({"recording_id": r.recording_id, "path": str(r.path), "duration_s": round(res.duration_s, 3),
@@ -493,8 +345,6 @@ def segment_recordings(
                                  "compute_s": round(total_compute, 3), "rtf": total_compute / max(total_audio, 1e-9),
                                  "finished": _dt.datetime.now().isoformat(timespec="seconds")})
     if refs is not None:
-        from .recordings import measure
-
         pooled, per, _ = measure(out, refs, collar_s, n_boot, 0.95, 0)
         io.write_json(out / "metrics.json", {"system": name, "variant": variant, "collar_s": collar_s,
                                              "reference": str(reference), "intervals": "95% bootstrap over recordings",
@@ -503,7 +353,3 @@ def segment_recordings(
     return out
 
 
-def read_frames(path: str | Path) -> tuple[np.ndarray, float, int]:
-    """``(probs, frame_s, n_samples)`` from a ``frames/<recording_id>.npz`` that segment wrote."""
-    with np.load(path) as z:
-        return np.asarray(z["probs"]), float(z["frame_s"]), int(z["n_samples"])

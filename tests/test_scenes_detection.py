@@ -8,6 +8,8 @@ import pytest
 
 from lib import detection, recordings, scenes
 from lib import segment as S
+from lib import segment_output, sliding_windows
+from lib.data import rttm as rttm_io
 
 SR = 16000
 
@@ -96,7 +98,7 @@ def test_scenes_come_from_one_split_with_exact_references(synthetic_bank, tmp_pa
     split_of = bank.drop_duplicates("group_id").set_index("group_id")["split"]
     assert set(split_of.reindex(ev["group_id"].unique())) == {"test"}  # no train or dev speaker or recording
     for r in sc.itertuples(index=False):
-        regions = S.read_rttm_segments(folder / r.rttm).get(r.recording_id, [])
+        regions = rttm_io.read_rttm_segments(folder / r.rttm).get(r.recording_id, [])
         mine = ev[(ev.scene_id == r.recording_id) & (ev.kind == "speech")]
         placed = sorted(x for rs in mine["regions"] for x in rs)
         assert len(regions) >= 1
@@ -155,7 +157,7 @@ def test_silero_recovers_speech_in_a_clean_scene_within_the_collar(corpus_bank, 
     recs, refs = recordings.recordings_of(folder)
     out = recordings.run_on_test(load_system("silero"), "silero", S.SegmentParams(onset=0.5, offset=0.35, min_silence_ms=200),
                                  recs, tmp_path / "out", "t")
-    pooled, per, _ = recordings.measure(out, refs, collar_s=0.5, n_boot=50, level=0.95, seed=0)
+    pooled, per, _ = segment_output.measure(out, refs, collar_s=0.5, n_boot=50, level=0.95, seed=0)
     assert pooled["detection_error_rate"] < 0.35 and pooled["frame_auc"] > 0.9
 
 
@@ -164,9 +166,9 @@ def test_choose_settings_finds_the_setting_that_recovers_an_ideal_detector():
     reference exactly; the dev choice must find a setting with zero error, and the table is sorted."""
     n, win, hop, frame = 12 * SR, SR, SR // 4, SR // 100
     ref = [(2.0, 4.0), (7.0, 7.5)]
-    starts = S.window_starts(n, win, hop)
+    starts = sliding_windows.window_starts(n, win, hop)
     scores = np.array([float(any(s / SR < b and (s + win) / SR > a for a, b in ref)) for s in starts])
-    frames = {(1000, agg): {"r": S.frames_from_windows(scores, starts, win, n, frame, agg)} for agg in ("mean", "max", "min")}
+    frames = {(1000, agg): {"r": sliding_windows.frames_from_windows(scores, starts, win, n, frame, agg)} for agg in ("mean", "max", "min")}
     table = recordings.choose_settings(frames, {"r": ref}, {"r": 12.0}, 10, [0.5, 0.9], [0.0], [0, 250], [0], collar_s=0.5)
     assert len(table) == 3 * 2 * 2 and table["detection_error_rate"].is_monotonic_increasing
     best = table.iloc[0]
@@ -187,9 +189,9 @@ def test_own_helper_output_is_measured_without_frames(tmp_path):
     write_audio(tmp_path / "r.wav", x)
     recs = pd.DataFrame({"recording_id": ["r"], "path": [str(tmp_path / "r.wav")]})
     out = recordings.run_own_helper("firered", recs, tmp_path / "own", "t")
-    pooled, per, frames = recordings.measure(out, {"r": [(1.0, 2.0)]}, 0.5, 20, 0.95, 0)
+    pooled, per, frames = segment_output.measure(out, {"r": [(1.0, 2.0)]}, 0.5, 20, 0.95, 0)
     assert "frame_auc" not in pooled and frames == {} and len(per) == 1 and pooled["rtf"] > 0
-    assert list(pd.read_csv(out / "segments.csv").columns) == S.SEGMENT_COLUMNS
+    assert list(pd.read_csv(out / "segments.csv").columns) == segment_output.SEGMENT_COLUMNS
 
 
 def test_weighted_frame_auc_equals_sklearn_on_the_resampled_frames():
@@ -210,7 +212,7 @@ def test_any_folder_of_recordings_with_rttm_references(tmp_path):
     from lib.audio import write_audio
 
     write_audio(tmp_path / "audio" / "rec1.wav", np.zeros(2 * SR, np.float32))
-    S.write_rttm(tmp_path / "rttm" / "rec1.rttm", "rec1", [(0.5, 1.0)])
+    rttm_io.write_rttm(tmp_path / "rttm" / "rec1.rttm", "rec1", [(0.5, 1.0)])
     recs, refs = recordings.recordings_of(tmp_path)
     assert recs["recording_id"].tolist() == ["rec1"] and recs["duration_s"].iloc[0] == pytest.approx(2.0)
     assert refs == {"rec1": [(0.5, 1.0)]}

@@ -8,6 +8,8 @@ import pytest
 
 from lib import detection
 from lib import segment as S
+from lib import segment_output, sliding_windows
+from lib.data import rttm as rttm_io
 from lib.__main__ import main
 from lib.audio import write_audio
 
@@ -51,11 +53,11 @@ SPANS = [(1.0, 2.5), (4.0, 4.3), (6.2, 9.0)]
 
 # ------------------------------------------------------------------------------------------ windows
 def test_window_starts_cover_the_recording():
-    s = S.window_starts(10_000, 4_000, 1_000)
+    s = sliding_windows.window_starts(10_000, 4_000, 1_000)
     assert s[0] == 0 and s[-1] + 4_000 == 10_000 and np.all(np.diff(s) <= 1_000)
-    s = S.window_starts(10_500, 4_000, 1_000)
+    s = sliding_windows.window_starts(10_500, 4_000, 1_000)
     assert s[-1] == 6_500 and s[-2] == 6_000  # the regular windows fall short: one more ends at the end
-    assert S.window_starts(3_000, 4_000, 1_000).tolist() == [0]  # shorter than a window: the whole recording
+    assert sliding_windows.window_starts(3_000, 4_000, 1_000).tolist() == [0]  # shorter than a window: the whole recording
 
 
 @pytest.mark.parametrize("agg", ["mean", "max", "min"])
@@ -64,9 +66,9 @@ def test_aggregation_of_an_ideal_detector(agg):
     about half a window, max by a whole window."""
     n, win, hop, frame = 10 * SR, SR, SR // 10, SR // 100
     speech = (3 * SR, 5 * SR)
-    starts = S.window_starts(n, win, hop)
+    starts = sliding_windows.window_starts(n, win, hop)
     scores = np.array([float(s < speech[1] and s + win > speech[0]) for s in starts])
-    p = S.frames_from_windows(scores, starts, win, n, frame, agg)
+    p = sliding_windows.frames_from_windows(scores, starts, win, n, frame, agg)
     segs = S.binarize(p, 0.01, 0.5, 0.5)
     assert len(segs) == 1
     a, b = segs[0][0] * 0.01, segs[0][1] * 0.01
@@ -76,10 +78,10 @@ def test_aggregation_of_an_ideal_detector(agg):
 
 def test_frames_from_windows_means_the_covering_windows():
     # two windows of 4 frames, overlapping on frames 2-3
-    p = S.frames_from_windows(np.array([1.0, 0.0]), np.array([0, 320]), 640, 960, 160, "mean")
+    p = sliding_windows.frames_from_windows(np.array([1.0, 0.0]), np.array([0, 320]), 640, 960, 160, "mean")
     assert p.tolist() == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
     # a recording shorter than a frame still gets its one frame
-    assert S.frames_from_windows(np.array([0.7]), np.array([0]), 100, 100, 160, "mean").tolist() == [pytest.approx(0.7)]
+    assert sliding_windows.frames_from_windows(np.array([0.7]), np.array([0]), 100, 100, 160, "mean").tolist() == [pytest.approx(0.7)]
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -109,13 +111,13 @@ def test_params_are_checked_with_the_parameter_named():
 # ------------------------------------------------------------------------------------------ RTTM
 def test_rttm_round_trip_is_exact(tmp_path):
     segs = [(0.0, 0.25), (1.01, 3.333), (59.99, 61.0)]
-    S.write_rttm(tmp_path / "r.rttm", "rec-1", segs)
-    back = S.read_rttm_segments(tmp_path / "r.rttm")
+    rttm_io.write_rttm(tmp_path / "r.rttm", "rec-1", segs)
+    back = rttm_io.read_rttm_segments(tmp_path / "r.rttm")
     assert list(back) == ["rec-1"] and back["rec-1"] == segs
     line = (tmp_path / "r.rttm").read_text().splitlines()[1]
     assert line == "SPEAKER rec-1 1 1.010 2.323 <NA> <NA> speech <NA> <NA>"
     with pytest.raises(ValueError, match="recording id"):
-        S.write_rttm(tmp_path / "bad.rttm", "has space", segs)
+        rttm_io.write_rttm(tmp_path / "bad.rttm", "has space", segs)
 
 
 def test_a_synthetic_recording_is_recovered_within_the_collar():
@@ -163,14 +165,14 @@ def test_segment_command_writes_rttm_frames_and_the_segments_table(tmp_path):
     assert main(["segment", "--system", "webrtc", "--audio", str(folder), "--out", str(out), "--no-progress",
                  "--min-speech-ms", "100"]) == 0
     seg = pd.read_csv(out / "segments.csv")
-    assert list(seg.columns) == S.SEGMENT_COLUMNS
+    assert list(seg.columns) == segment_output.SEGMENT_COLUMNS
     assert set(seg["recording_id"]) <= {"a", "b"} and set(seg["system"]) == {"webrtc_vad"}
     assert (seg["end_s"] > seg["start_s"]).all() and seg["p_speech_mean"].between(0, 1).all()
     for rid in ("a", "b"):
-        rttm = S.read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
+        rttm = rttm_io.read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
         mine = seg[seg.recording_id == rid]
         assert [(round(a, 3), round(b, 3)) for a, b in rttm] == [(round(a, 3), round(b, 3)) for a, b in zip(mine.start_s, mine.end_s)]
-        probs, frame_s, n = S.read_frames(out / "frames" / f"{rid}.npz")
+        probs, frame_s, n = segment_output.read_frames(out / "frames" / f"{rid}.npz")
         assert frame_s == 0.01 and len(probs) == -(-n // 160)
     recs = pd.read_csv(out / "recordings.csv")
     assert recs.set_index("recording_id").loc["b", "duration_s"] == pytest.approx(3.0, abs=1e-3)
@@ -191,7 +193,7 @@ def test_segment_with_a_fitted_baseline_from_a_run_folder(tmp_path):
     write_audio(tmp_path / "rec.wav", bursts(SPANS, 11.0))
     out = S.segment_recordings(f"{run}:energy", tmp_path / "rec.wav", tmp_path / "out",
                                S.SegmentParams(window_ms=500, hop_ms=100, aggregate="min"), progress=False)
-    hyp = S.read_rttm_segments(out / "rttm" / "rec.rttm")["rec"]
+    hyp = rttm_io.read_rttm_segments(out / "rttm" / "rec.rttm")["rec"]
     assert detection.recording_components(SPANS, hyp, 11.0, collar_s=0.5)["missed_s"] == 0
     assert pd.read_csv(out / "segments.csv")["system"].unique().tolist() == ["energy"]
 
@@ -215,10 +217,10 @@ def test_segment_with_a_trained_lora_system_of_the_tiny_model(tmp_path):
     out = S.segment_recordings(f"{tmp_path / 'run'}:qwen2audio-attn", tmp_path / "rec.wav", tmp_path / "out", params,
                                progress=False)
     scorer = load_system(f"{tmp_path / 'run'}:qwen2audio-attn")
-    starts = S.window_starts(len(x), SR, SR // 2)
+    starts = sliding_windows.window_starts(len(x), SR, SR // 2)
     direct = scorer.score([normalize(x[s : s + SR], scorer.normalization) for s in starts])
-    expect = S.frames_from_windows(direct, starts, SR, len(x), 160, "mean")
-    probs, _, _ = S.read_frames(out / "frames" / "rec.npz")
+    expect = sliding_windows.frames_from_windows(direct, starts, SR, len(x), 160, "mean")
+    probs, _, _ = segment_output.read_frames(out / "frames" / "rec.npz")
     np.testing.assert_allclose(probs, expect, atol=1e-5)
     assert pd.read_csv(out / "segments.csv")["system"].unique().tolist() in ([], ["qwen2audio-attn"])
 
@@ -307,7 +309,7 @@ def test_every_vad_segments_through_its_own_frames(spec, tmp_path):
 
 def test_segment_measures_against_rttm_references(tmp_path, capsys):
     write_audio(tmp_path / "recs" / "a.wav", bursts(SPANS, 11.0))
-    S.write_rttm(tmp_path / "refs" / "a.rttm", "a", SPANS)
+    rttm_io.write_rttm(tmp_path / "refs" / "a.rttm", "a", SPANS)
     out = tmp_path / "out"
     assert main(["segment", "--system", "webrtc", "--audio", str(tmp_path / "recs"), "--out", str(out), "--no-progress",
                  "--reference", str(tmp_path / "refs"), "--collar", "0.5", "--min-speech-ms", "100"]) == 0
@@ -315,10 +317,10 @@ def test_segment_measures_against_rttm_references(tmp_path, capsys):
 
     m = json.loads((out / "metrics.json").read_text())
     per = pd.read_csv(out / "metrics_by_recording.csv")
-    hyp = S.read_rttm_segments(out / "rttm" / "a.rttm").get("a", [])
+    hyp = rttm_io.read_rttm_segments(out / "rttm" / "a.rttm").get("a", [])
     expect = detection.rates(detection.recording_components(SPANS, hyp, 11.0, 0.5))
     assert m["detection_error_rate"] == pytest.approx(expect["detection_error_rate"]) and m["collar_s"] == 0.5
     assert per["recording_id"].tolist() == ["a"] and "detection error rate" in capsys.readouterr().out
-    S.write_rttm(tmp_path / "other.rttm", "zzz", SPANS)
+    rttm_io.write_rttm(tmp_path / "other.rttm", "zzz", SPANS)
     with pytest.raises(ValueError, match="name none of the recordings"):
         S.segment_recordings("webrtc", tmp_path / "recs", tmp_path / "out2", reference=tmp_path / "other.rttm")

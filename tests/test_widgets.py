@@ -5,6 +5,7 @@ whose errors are known, so every expected list is written down, not recomputed w
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ TINY_PNG = b"\x89PNG\r\n\x1a\n stub"
 @pytest.fixture()
 def tool(bank, monkeypatch):
     """The tool on the synthetic bank; spectrograms are stubbed (drawing them is tested once, below)."""
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     return ListeningTool(_predictions(), table, manifest, normalization="none", page_size=3)
 
@@ -86,7 +87,7 @@ def ids(df: pd.DataFrame) -> list[str]:
 
 
 def test_lists_only_misclassified_most_confident_first(tool):
-    assert tool.system_filter.options == ("energy", "lora / attn / seed 0")
+    assert tool.system_filter.options == ("energy", "lora/attn#0")
     assert tool.system_filter.value == "energy"
     # wrong clips by confidence in the wrong class: c05 .95, c01 .90, c08 .85, c09 .75, c02 .70, c07 .60, c04 .55
     assert ids(tool.filtered()) == ["c05", "c01", "c08", "c09", "c02", "c07", "c04"]
@@ -151,7 +152,7 @@ def test_most_confidently_wrong_first_with_every_clip(tool):
 
 
 def test_system_switch_and_all_clips(tool):
-    tool.system_filter.value = "lora / attn / seed 0"
+    tool.system_filter.value = "lora/attn#0"
     assert ids(tool.filtered()) == ["c03"]
     tool.errors_only.value = False
     assert len(tool.filtered()) == len(CLIPS)
@@ -206,7 +207,7 @@ def test_no_match_message(tool):
 
 
 def test_missing_audio_is_reported_on_the_card(bank, monkeypatch):
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     (manifest.parent / "clips" / "c05.wav").unlink()
     tool = ListeningTool(_predictions(), table, manifest, page_size=3)
@@ -230,7 +231,7 @@ def test_filter_clips_is_pure_and_keeps_infinite_snr_at_the_ends():
 def test_listening_tool_from_run_folder(bank, tmp_path, monkeypatch):
     from lib import results
 
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
 
     table, manifest = bank
     run = tmp_path / "results" / "cpu" / "run1"
@@ -238,7 +239,7 @@ def test_listening_tool_from_run_folder(bank, tmp_path, monkeypatch):
     results.write_bank_pointer(run, manifest)
     (run / "params.yaml").write_text("run:\n  smoke: true\nbank:\n  normalization: rms\n")
     tool = widgets.listening_tool(run, system="lora")
-    assert tool.system_filter.value == "lora / attn / seed 0"
+    assert tool.system_filter.value == "lora/attn#0"
     assert tool.normalization.value == "rms" and tool.smoke
     assert ids(tool.filtered()) == ["c03"]
     assert len(tool.clips_box.children) == 1
@@ -252,7 +253,7 @@ def _walk(widget):
 
 
 def test_clip_missing_from_bank_is_named_on_its_card(bank, monkeypatch):
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     tool = ListeningTool(_predictions(), table[table.clip_id != "c05"], manifest, page_size=1)
     text = " ".join(x.value for x in _walk(tool.clips_box.children[0]) if isinstance(getattr(x, "value", None), str))
@@ -267,7 +268,7 @@ def _text(widget) -> str:
 
 
 def test_compare_two_systems_lists_the_mcnemar_discordant_clips(tool):
-    tool.compare_filter.value = "lora / attn / seed 0"
+    tool.compare_filter.value = "lora/attn#0"
     assert not tool.compare_mode.disabled and tool.errors_only.disabled
     # A (energy) wrong and B (lora) right: every energy mistake, most confidently wrong (for A) first
     assert ids(tool.filtered()) == ["c05", "c01", "c08", "c09", "c02", "c07", "c04"]
@@ -282,7 +283,7 @@ def test_compare_two_systems_lists_the_mcnemar_discordant_clips(tool):
     assert "p = 0.0703" in tool.status.value
     tool.compare_mode.value = "a_right_b_wrong"
     card = _text(tool.clips_box.children[0])
-    assert "A energy: p_speech = <b>0.800</b>" in card and "B lora / attn / seed 0: p_speech = <b>0.200</b>" in card
+    assert "A energy: p_speech = <b>0.800</b>" in card and "B lora/attn#0: p_speech = <b>0.200</b>" in card
     assert "A says <b>SPEECH</b> · B says <b>NONSPEECH</b>" in card
 
 
@@ -290,7 +291,7 @@ def test_discordant_counts_match_lib_stats():
     from lib.stats import mcnemar_exact
 
     df = join_bank(_predictions(), None)
-    d = widgets.discordant_counts(df, "energy", "lora / attn / seed 0")
+    d = widgets.discordant_counts(df, "energy", "lora/attn#0")
     assert (d["n"], d["a_only"], d["b_only"], d["both_wrong"]) == (10, 1, 7, 0)
     assert d["p"] == pytest.approx(18 / 256) == pytest.approx(mcnemar_exact(1, 7))
 
@@ -326,7 +327,7 @@ def test_keyboard_widget_reads_keys_and_guards_jupyterlab_shortcuts(tool):
 
 
 def test_tags_are_saved_to_the_run_folder_and_reloaded(bank, tmp_path, monkeypatch):
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     run = tmp_path / "run"
     run.mkdir()
@@ -358,7 +359,7 @@ def test_a_bad_tags_file_is_named(tmp_path):
 
 
 def test_export_writes_the_filtered_list_with_tags(bank, tmp_path, monkeypatch):
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     run = tmp_path / "run"
     run.mkdir()
@@ -475,7 +476,7 @@ def test_clip_parts_on_a_built_bank(synthetic_corpus, tmp_path):
 def test_executed_copy_says_it_needs_a_live_kernel(bank, tmp_path, monkeypatch):
     from lib import results
 
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     run = tmp_path / "results" / "cpu" / "run1"
     results.write_predictions(run, _predictions())
@@ -495,14 +496,14 @@ def test_executed_copy_says_it_needs_a_live_kernel(bank, tmp_path, monkeypatch):
 def test_opens_on_the_runs_own_fine_tuned_system(bank, tmp_path, monkeypatch):
     from lib import results
 
-    monkeypatch.setattr(widgets, "spectrogram_png", lambda audio, **kw: TINY_PNG)
+    monkeypatch.setattr(widgets.media, "spectrogram_png", lambda audio, **kw: TINY_PNG)
     table, manifest = bank
     run = tmp_path / "run2"
     results.write_predictions(run, _predictions().replace({"system": {"lora": "qwen2audio-attn"}}))
     results.write_bank_pointer(run, manifest)
     (run / "params.yaml").write_text("resolved:\n  seed: 0\n  lora_variant: attn\n  model_name_or_path: tiny\n")
     tool = widgets.listening_tool(run)
-    assert tool.system_filter.value == "qwen2audio-attn / attn / seed 0"  # not the alphabetically first (energy)
+    assert tool.system_filter.value == "qwen2audio-attn/attn#0"  # not the alphabetically first (energy)
     assert "not Qwen2-Audio-7B" in tool.widget.children[0].value
     (run / "params.yaml").write_text("resolved:\n  seed: 0\n  lora_variant: attn_mlp\n")
     assert widgets.listening_tool(run).system_filter.value == "energy"  # no such system: the first
@@ -518,7 +519,7 @@ def test_book_runs_chapters_headless_and_restores_the_environment(tmp_path, monk
     seen = {}
 
     def fake_execute(src, dst, **kw):
-        seen["headless"] = widgets.os.environ.get(widgets.HEADLESS_ENV)
+        seen["headless"] = os.environ.get(widgets.HEADLESS_ENV)
         Path(dst).write_text(Path(src).read_text())
 
     monkeypatch.setattr(pm, "execute_notebook", fake_execute)
@@ -530,5 +531,5 @@ def test_book_runs_chapters_headless_and_restores_the_environment(tmp_path, monk
     run = tmp_path / "run"
     run.mkdir()
     book._execute_chapter(nb, run, "cpu", {}, "python3", False, {"chapters": {}}, 0.0)
-    assert seen["headless"] == "1" and widgets.HEADLESS_ENV not in widgets.os.environ
+    assert seen["headless"] == "1" and widgets.HEADLESS_ENV not in os.environ
     assert (run / nb.name).exists()

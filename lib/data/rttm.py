@@ -5,24 +5,29 @@
   the stretches with none, shrunk by a margin on both sides (also used to score segmenters, chapter 09);
 * ``sources_from_rttm_folder``: any folder of long recordings with RTTM files: speech sources are cut
   only from annotated speech, non-speech sources only from stretches with no speech annotation, kept a
-  margin away from it. ``group_id`` is the recording.
+  margin away from it. ``group_id`` is the recording;
+* ``write_rttm`` / ``read_rttm_segments`` / ``read_references``: detected speech written as RTTM (what
+  ``python -m lib segment`` writes) and read back, and the reference speech regions of recordings.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .. import audio
+from .. import audio, io
 from .downloads import VOXCONVERSE_DEV
 
 CHUNK_S = 5.0  # long annotated stretches are cut into source segments of at most this length
 RTTM_MARGIN_S = 0.5  # non-speech stretches keep this far from any speech annotation
 MIN_SEGMENT_S = 1.0
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+SPEECH_LABEL = "speech"  # the RTTM speaker name of detected speech
+_ID_OK = re.compile(r"^[^\s]+$")
 
 
 def parse_rttm(path: str | os.PathLike) -> pd.DataFrame:
@@ -152,3 +157,51 @@ def sources_from_rttm_folder(
             "source_repo", "sample_rate_original", "bandlimited_origin"]
     sources = pd.DataFrame(rows, columns=cols)
     return sources, sources.iloc[:0].copy()
+
+
+# ---------------------------------------------------------------------------------- detected speech as RTTM
+def check_recording_id(rid: str, where: str) -> str:
+    """``rid`` if it can be an RTTM file id (no spaces or slashes); else an error naming ``where``."""
+    if not rid or not _ID_OK.match(rid) or "/" in rid:
+        raise ValueError(f"{where}: recording id {rid!r} cannot be an RTTM file id (no spaces or slashes); give a recording_id column")
+    return rid
+
+
+def rttm_lines(recording_id: str, segments: Iterable[tuple[float, float]], speaker: str = SPEECH_LABEL) -> str:
+    """VoxConverse's RTTM: ``SPEAKER <file> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>``, times in seconds to
+    the millisecond (segment boundaries lie on a grid of whole milliseconds, so this is exact)."""
+    check_recording_id(recording_id, "RTTM")
+    lines = []
+    for a, b in segments:
+        a_ms, b_ms = int(round(a * 1000)), int(round(b * 1000))
+        lines.append(f"SPEAKER {recording_id} 1 {a_ms / 1000:.3f} {(b_ms - a_ms) / 1000:.3f} <NA> <NA> {speaker} <NA> <NA>\n")
+    return "".join(lines)
+
+
+def write_rttm(path: str | Path, recording_id: str, segments: Iterable[tuple[float, float]], speaker: str = SPEECH_LABEL) -> Path:
+    return io.write_text(path, rttm_lines(recording_id, segments, speaker))
+
+
+def read_rttm_segments(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """Speech regions per file id of an RTTM file (overlapping speakers merged), read with :func:`lib.data.rttm.parse_rttm`."""
+    df = parse_rttm(path)
+    return {fid: speech_regions(part) for fid, part in df.groupby("file_id", sort=False)}
+
+
+def read_references(reference: str | Path, recording_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+    """Reference speech regions of each recording from an RTTM file or a folder of them (searched recursively); a
+    recording with no line in any of them has no speech. A reference that names none of the recordings is refused."""
+    ref = Path(reference)
+    if not ref.exists():
+        raise FileNotFoundError(f"--reference {ref} does not exist: give an RTTM file or a folder of RTTM files")
+    files = sorted(ref.rglob("*.rttm")) if ref.is_dir() else [ref]
+    if not files:
+        raise FileNotFoundError(f"--reference {ref} holds no .rttm files")
+    regions: dict[str, list[tuple[float, float]]] = {}
+    for f in files:
+        for fid, segs in read_rttm_segments(f).items():
+            regions.setdefault(fid, []).extend(segs)
+    if not set(recording_ids) & set(regions):
+        raise ValueError(f"--reference {ref}: its file ids ({sorted(regions)[:5]}) name none of the recordings "
+                         f"({list(recording_ids)[:5]}); RTTM file ids must be the recordings' ids (file name stems)")
+    return {rid: merge_intervals(regions.get(rid, [])) for rid in recording_ids}
