@@ -218,20 +218,6 @@ def test_dev_subsample_is_stratified_and_seeded():
     assert P.subsample(df, None).equals(df)
 
 
-def test_find_finetuned_system(tmp_path):
-    from lib import systems
-
-    assert P.find_finetuned_system(tmp_path, "attn") is None
-    systems.save_system(tmp_path, "qwen2audio-attn", "lora", base_model="tiny", prompt=M.DEFAULT_PROMPT)
-    systems.save_system(tmp_path, "energy", "energy")
-    systems.save_system(tmp_path, "qwen2audio-attn_mlp", "lora", base_model="tiny")
-    assert P.find_finetuned_system(tmp_path, "attn")[0] == "qwen2audio-attn"
-    assert P.find_finetuned_system(tmp_path, "attn_mlp")[0] == "qwen2audio-attn_mlp"
-    assert P.find_finetuned_system(tmp_path, "other")[0] == "qwen2audio-attn"
-    with pytest.raises(ValueError, match="no LoRA system"):
-        P.find_finetuned_system(tmp_path, name="energy")
-
-
 def test_optimizer_from_a_qwen2_audio_checkpoint_uses_its_language_model():
     opt = P.TextOptimizer.from_pretrained(M.TINY, max_new_tokens=8)
     assert "language model" in opt.name and opt.processor is not None
