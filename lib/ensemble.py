@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 
 from .results import PREDICTION_COLUMNS, predictions_frame
+from .systems import derived_name
 
 
 def ensemble_predictions(predictions: pd.DataFrame, system: str, variant: str | None = None, run_id: str = "ensemble") -> pd.DataFrame:
     """Combine every seed of ``system`` (and ``variant``) on the clips all seeds scored.
 
-    Returns two systems' rows: ``<system>+vote`` (majority of the seeds' decisions; ties go to the
+    Returns two systems' rows, named by ``lib.systems.derived_name``: ``<system>+vote`` (majority of the seeds' decisions; ties go to the
     mean probability) and ``<system>+mean`` (mean p_speech, threshold 0.5). ``p_speech`` of the vote
     system is the share of seeds that said speech, so it has a ROC curve too.
     """
@@ -30,6 +31,6 @@ def ensemble_predictions(predictions: pd.DataFrame, system: str, variant: str | 
     models = sorted({str(m) for m in rows.get("model", pd.Series(dtype=str)).fillna("") if str(m)})
     common = dict(run_id=run_id, clip_ids=wide_p.index.tolist(), labels=labels.tolist(), seed=None,
                   model=" | ".join(models))
-    vote_df = predictions_frame(system=f"{system}+vote", variant=f"{var} seeds={len(seeds)}", p_speech=share, pred=vote, **common)
-    mean_df = predictions_frame(system=f"{system}+mean", variant=f"{var} seeds={len(seeds)}", p_speech=mean_p, **common)
+    vote_df = predictions_frame(system=derived_name(system, "vote"), variant=f"{var} seeds={len(seeds)}", p_speech=share, pred=vote, **common)
+    mean_df = predictions_frame(system=derived_name(system, "mean"), variant=f"{var} seeds={len(seeds)}", p_speech=mean_p, **common)
     return pd.concat([vote_df, mean_df], ignore_index=True)[PREDICTION_COLUMNS]

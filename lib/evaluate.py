@@ -12,30 +12,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from . import data, results
 from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
-from .train import split_rows, system_name  # noqa: F401  (chapters and seed_claims name systems through here)
+from .systems import ZERO_SHOT, is_study_system, list_systems, read_system_yaml
+from .train import split_rows, system_name  # noqa: F401  (chapters name systems through here)
 
-ZERO_SHOT = "qwen2audio-zeroshot"
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
-
-
-def lora_systems(run_dir: str | Path) -> list[str]:
-    """The fine-tuned systems saved in a run folder (kind lora), by name."""
-    out = []
-    for spec in sorted((Path(run_dir) / "systems").glob("*/system.yaml")):
-        if yaml.safe_load(spec.read_text()).get("kind") == "lora":
-            out.append(spec.parent.name)
-    return out
 
 
 def score_split(scorer: Any, bank: pd.DataFrame, manifest: str | Path, cfg: Mapping[str, Any], system: str,
                 split: str = "test", variant: str = "", seed: int | None = None) -> pd.DataFrame:
-    """Score one split with any Scorer and return its predictions table (bank columns not joined)."""
+    """Score one split with any Scorer and return its predictions table (bank columns not joined).
+
+    Clips are loaded under the scorer's own level normalization (``scorer.normalization``: the one a saved
+    system was trained with, read from its system.yaml), so that every system is scored as it was trained;
+    ``cfg["normalization"]`` only for a scorer that records none (the zero-shot model, a built-in VAD).
+    """
     rows = split_rows(bank, split)
-    audios = data.load_clips(rows, manifest, normalization=cfg["normalization"])
+    mode = getattr(scorer, "normalization", None) or cfg["normalization"]
+    audios = data.load_clips(rows, manifest, normalization=mode)
     p = np.asarray(scorer.score(audios), dtype=float)
     return results.predictions_frame(run_id=cfg["run_id"], system=system, variant=variant, seed=seed,
                                      clip_ids=rows["clip_id"].tolist(), labels=rows["label"].tolist(), p_speech=p,
@@ -55,16 +51,12 @@ def evaluate_run(cfg: Mapping[str, Any], manifest: str | Path, include_zero_shot
                               torch_dtype=cfg["torch_dtype"], short_encoder=bool(cfg["short_encoder"]), batch_size=int(cfg["eval_batch_size"]))
         # The base model does not depend on the training seed: one row set (seed -1) however many seeds run.
         frames.append(score_split(zs, bank, manifest, cfg, ZERO_SHOT, variant="prompt=hand-written"))
-    from .seed_claims import is_study_system
-
-    for name in lora_systems(run_dir):
+    for name in list_systems(run_dir, kind="lora"):
         if is_study_system(name):  # the normalization / LoRA-variant studies score their own (chapters 02 and 04)
             continue
-        scorer = load_system(f"{run_dir}:{name}")
-        info = yaml.safe_load((run_dir / "systems" / name / "system.yaml").read_text())
-        tc = info.get("train_config", {})
-        own = {**cfg, "normalization": info.get("normalization") or cfg["normalization"]}  # scored as it was trained
-        frames.append(score_split(scorer, bank, manifest, own, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
+        scorer = load_system(f"{run_dir}:{name}")  # scored under its own normalization (score_split)
+        tc = read_system_yaml(run_dir / "systems" / name).get("train_config", {})
+        frames.append(score_split(scorer, bank, manifest, cfg, name, variant=tc.get("lora_variant", ""), seed=tc.get("seed")))
     preds = pd.concat(frames, ignore_index=True)
     results.write_predictions(run_dir, preds)
     return preds

@@ -1,4 +1,13 @@
-"""Named systems that score clips: the bridge between run folders and ``python -m lib predict``.
+"""Systems: what names one (:class:`SystemKey`), where a run keeps its saved ones, and how they load.
+
+A system's identity is its row key in the predictions table, ``(system, variant, seed)``
+(``lib.results.SYSTEM_KEY``); :class:`SystemKey` is that key typed, with its display label and its family.
+This module is the one place that knows how names are formed: the zero-shot model, the fine-tuned
+``qwen2audio-...`` systems, the study systems (``...-study``), and names derived from another system's
+(``<system>+vote`` / ``<system>+mean`` ensembles across seeds, ``<system>+opro`` / ``<system>+template``
+prompt-optimised systems): :func:`derived_name` forms them, :meth:`SystemKey.base` and
+:meth:`SystemKey.derivation` read them back.
+
 
 A *system* turns a list of 16 kHz mono float32 clips into ``p_speech`` scores (higher = more speech).
 Trained systems are saved by chapters under ``<run folder>/systems/<name>/`` with a ``system.yaml``
@@ -11,15 +20,135 @@ it). A damaged or hand-edited system.yaml is named with what is wrong and what t
 """
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import yaml
 
 from . import io
+from .audio import NORMALIZATIONS
 
 
+# ------------------------------------------------------------------------------------------ names
+ZERO_SHOT = "qwen2audio-zeroshot"  # the base model, no adapter (chapter 05)
+MODEL_PREFIX = "qwen2audio"  # every Qwen2-Audio system's name starts with it; the others are baselines
+STUDY_SUFFIX = "-study"  # systems trained with the study recipe (chapters 02 and 04)
+DERIVED_SEP = "+"  # <system>+<derivation>: a system made from another one
+ENSEMBLE_KINDS = ("vote", "mean")  # lib.ensemble: majority vote and mean p_speech across seeds
+PROMPT_METHODS = ("opro", "template")  # lib.prompt_opt: the prompt chosen on dev by OPRO or the template search
+FAMILIES = ["fine-tuned", "ensemble", "prompt-optimised", "zero-shot", "baseline"]  # the order tables use
+
+
+def derived_name(base: str, derivation: str) -> str:
+    """The name of a system made from ``base``: ``<base>+vote`` / ``<base>+mean`` (an ensemble of its seeds) or
+    ``<base>+opro`` / ``<base>+template`` (its best prompt chosen on dev)."""
+    if derivation not in ENSEMBLE_KINDS + PROMPT_METHODS:
+        raise ValueError(f"unknown derivation {derivation!r}; known: {', '.join(ENSEMBLE_KINDS + PROMPT_METHODS)}")
+    if not base or DERIVED_SEP in str(base):
+        raise ValueError(f"a derived system's base must be a plain system name, got {base!r}")
+    return f"{base}{DERIVED_SEP}{derivation}"
+
+
+def study_system_name(lora_variant: str, normalization: str, loss_masking: bool = True) -> str:
+    """``qwen2audio-<variant>-<normalization>-study``: a system trained with the study recipe (``-fullloss``
+    before ``-study`` when the loss covers the whole sequence). No ``+`` (that marks a derived system)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} unknown; valid: {', '.join(NORMALIZATIONS)}")
+    return f"{MODEL_PREFIX}-{lora_variant}-{normalization}" + ("" if loss_masking else "-fullloss") + STUDY_SUFFIX
+
+
+def is_study_system(system: str) -> bool:
+    """A study system's name (or its folder's: ``-seed<k>`` after the name for an extra seed)."""
+    name = re.sub(r"-seed\d+$", "", str(system))
+    return name.startswith(f"{MODEL_PREFIX}-") and name.endswith(STUDY_SUFFIX)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("", "nan", "None")
+
+
+@dataclass(frozen=True)
+class SystemKey:
+    """One system of the predictions table: ``(system, variant, seed)``; ``seed`` -1 when it has none.
+
+    Built from a predictions row (:meth:`from_row`) or a key tuple (:meth:`from_tuple`); a missing variant or
+    seed (None, NaN, empty) becomes ``""`` / ``-1`` as the predictions table stores them.
+    """
+
+    name: str
+    variant: str = ""
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.name))
+        object.__setattr__(self, "variant", "" if _blank(self.variant) else str(self.variant))
+        object.__setattr__(self, "seed", -1 if _blank(self.seed) else int(self.seed))
+
+    @classmethod
+    def from_tuple(cls, key: Sequence[Any]) -> "SystemKey":
+        if not 1 <= len(key) <= 3:
+            raise ValueError(f"a system key is (system[, variant[, seed]]), got {key!r}")
+        return cls(*key)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "SystemKey":
+        return cls(row["system"], row.get("variant", ""), row.get("seed", -1))
+
+    def as_tuple(self) -> tuple[str, str, int]:
+        return (self.name, self.variant, self.seed)
+
+    @property
+    def base(self) -> str:
+        """The system a derived system was made from (its own name for the others)."""
+        return self.name.rpartition(DERIVED_SEP)[0] if DERIVED_SEP in self.name else self.name
+
+    @property
+    def derivation(self) -> str:
+        """``vote`` / ``mean`` / ``opro`` / ``template`` (what follows ``+``), ``""`` for a system of its own."""
+        return self.name.rpartition(DERIVED_SEP)[2] if DERIVED_SEP in self.name else ""
+
+    @property
+    def is_qwen2audio(self) -> bool:
+        """A system of the Qwen2-Audio model (zero-shot, fine-tuned, or derived from one), not a baseline."""
+        return self.name.startswith(MODEL_PREFIX)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.derivation in ENSEMBLE_KINDS
+
+    @property
+    def family(self) -> str:
+        """ensemble, prompt-optimised, zero-shot, fine-tuned or baseline (one of :data:`FAMILIES`)."""
+        if self.is_ensemble:
+            return "ensemble"
+        if self.derivation:
+            return "prompt-optimised"
+        if self.name == ZERO_SHOT:
+            return "zero-shot"
+        if self.name.startswith(MODEL_PREFIX):
+            return "fine-tuned"
+        return "baseline"
+
+    def label(self, show_seed: bool = True) -> str:
+        """The display name: ``system``, ``system/variant``, plus ``#seed`` when asked and the seed is set."""
+        name = self.name + (f"/{self.variant}" if self.variant else "")
+        return name + (f"#{self.seed}" if show_seed and self.seed >= 0 else "")
+
+
+def family(system: str) -> str:
+    """The family of a system name (:attr:`SystemKey.family`)."""
+    return SystemKey(system).family
+
+
+def is_ensemble(system: str) -> bool:
+    return SystemKey(system).is_ensemble
+
+
+# ------------------------------------------------------------------------------------------ saved systems
 class Scorer(Protocol):
     name: str
 
@@ -52,8 +181,33 @@ def save_system(run_dir: str | Path, name: str, kind: str, **info: Any) -> Path:
     return folder
 
 
-def list_systems(run_dir: str | Path) -> list[str]:
-    return sorted(p.parent.name for p in (Path(run_dir) / "systems").glob("*/system.yaml"))
+def list_systems(run_dir: str | Path, kind: str | None = None) -> list[str]:
+    """The systems saved in a run folder (``systems/*/system.yaml``), by name; only those of ``kind`` if given.
+    The one scan of a run's saved systems."""
+    names = sorted(p.parent.name for p in (Path(run_dir) / "systems").glob("*/system.yaml"))
+    if kind is None:
+        return names
+    return [n for n in names if read_system_yaml(Path(run_dir) / "systems" / n).get("kind") == kind]
+
+
+def find_finetuned_system(run_dir: str | Path, variant: str | None = None, name: str | None = None) -> tuple[str, Path, dict] | None:
+    """The fine-tuned (``kind: lora``) system saved in the run folder (chapter 03), or ``None``.
+
+    ``name`` picks one; otherwise ``qwen2audio-<variant>`` if saved, else the only (or first) LoRA system.
+    Returns ``(name, system folder, its system.yaml)``.
+    """
+    found = {n: read_system_yaml(Path(run_dir) / "systems" / n) for n in list_systems(run_dir, kind="lora")}
+    if name:
+        if name not in found:
+            raise ValueError(f"run {run_dir} has no LoRA system {name!r}; it holds: {', '.join(found) or 'none'}")
+        pick = name
+    elif not found:
+        return None
+    elif variant and f"{MODEL_PREFIX}-{variant}" in found:
+        pick = f"{MODEL_PREFIX}-{variant}"
+    else:
+        pick = sorted(found)[0]
+    return pick, Path(run_dir) / "systems" / pick, found[pick]
 
 
 def _import(target: str) -> Callable[..., Any]:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import comparisons, io, results, stats
+from lib import comparisons, io, results, stats, systems
 from lib.comparisons import analyses, lineup, prose
 
 CFG = {"run_id": "main", "normalization": "rms", "lora_variant": "attn", "loss_masking": True, "seed": 0,
@@ -61,7 +61,7 @@ def run(tmp_path):
 
 
 def test_family_and_display_names():
-    assert [lineup.family(s) for s in ("qwen2audio-attn+vote", "qwen2audio-attn+opro", "qwen2audio-zeroshot",
+    assert [systems.family(s) for s in ("qwen2audio-attn+vote", "qwen2audio-attn+opro", "qwen2audio-zeroshot",
                                        "qwen2audio-attn", "silero_vad")] == ["ensemble", "prompt-optimised", "zero-shot", "fine-tuned", "baseline"]
     keys = [("silero_vad", "rms/max-frame-prob-512", -1), ("silero_vad", "none/max-frame-prob-512", -1),
             ("qwen2audio-attn", "attn", 0), ("qwen2audio-attn", "attn", 1), ("energy", "rms", 0)]

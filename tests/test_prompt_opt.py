@@ -7,11 +7,18 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from lib import config
 from lib import model as M
 from lib import prompt_opt as P
 
 SR = 16000
 REF = P.parse_prompt(M.DEFAULT_PROMPT)
+CFG = config.resolve("cpu")
+
+
+def _opro(**overrides) -> P.OproSettings:
+    """OPRO's settings from the profile (where their defaults live), ``overrides`` winning."""
+    return P.OproSettings.of(CFG, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +127,7 @@ class FixedProposals:
 def test_opro_records_rejected_and_duplicate_candidates_without_scoring_them(tiny):
     opt = FixedProposals([["<INS>Is someone speaking?</INS>", "\ufffd\x03", "does this audio clip contain human SPEECH?"],
                           ["is someone  speaking?", "<INS>Speech or not?</INS>", "<|im_end|>"]])
-    res = P.opro_search(_scorer(tiny), _clipset(), opt, REF, P.OproSettings(steps=2, candidates_per_step=3), progress=False)
+    res = P.opro_search(_scorer(tiny), _clipset(), opt, REF, _opro(opro_steps=2, opro_candidates_per_step=3), progress=False)
     t = res.trajectory
     assert t["status"].tolist() == ["initial", "scored", "rejected", "duplicate", "duplicate", "scored", "rejected"]
     assert t.loc[t["status"].isin(["rejected", "duplicate"]), "dev_balanced_accuracy"].isna().all()
@@ -132,7 +139,7 @@ def test_opro_records_rejected_and_duplicate_candidates_without_scoring_them(tin
 def test_opro_loop_on_the_tiny_model_returns_a_trajectory_whose_best_is_the_max(tiny):
     model, processor = tiny
     opt = P.TextOptimizer.from_audio_model(model, processor, max_new_tokens=24)
-    settings = P.OproSettings(steps=2, candidates_per_step=2, max_new_tokens=24, seed=7)
+    settings = _opro(opro_steps=2, opro_candidates_per_step=2, opro_max_new_tokens=24, seed=7)
     res = P.opro_search(_scorer(tiny), _clipset(), opt, REF, settings, progress=False)
     t = res.trajectory
     assert len(t) == 1 + 2 * 2 and t["step"].tolist() == [0, 1, 1, 2, 2] and len(res.meta_prompts) == 2
@@ -172,8 +179,9 @@ def test_selection_never_reads_the_test_split(tiny, tmp_path):
     model, processor = tiny
     bank = _bank(tmp_path)
     opt = P.TextOptimizer.from_audio_model(model, processor, max_new_tokens=16)
-    settings = P.OproSettings(steps=1, candidates_per_step=2, max_new_tokens=16, seed=3)
-    templates = P.TemplateSettings([REF.instruction, "Is a person speaking?"], [REF.labels, ("speech", "no speech")])
+    settings = _opro(opro_steps=1, opro_candidates_per_step=2, opro_max_new_tokens=16, seed=3)
+    templates = P.TemplateSettings.of(CFG, template_instructions=[REF.instruction, "Is a person speaking?"],
+                                       template_labels=[REF.labels, ("speech", "no speech")])
 
     def select(b):
         return P.select_prompts(b, [_scorer(tiny)], opt, REF, settings, templates, normalization="rms", progress=False)
@@ -198,7 +206,7 @@ def test_search_functions_refuse_any_split_but_dev(tiny):
     with pytest.raises(ValueError, match="dev split only"):
         P.template_search(_scorer(tiny), test, [REF], REF, progress=False)
     with pytest.raises(ValueError, match="dev split only"):
-        P.opro_search(_scorer(tiny), test, FixedProposals([]), REF, P.OproSettings(steps=1), progress=False)
+        P.opro_search(_scorer(tiny), test, FixedProposals([]), REF, _opro(opro_steps=1), progress=False)
     with pytest.raises(ValueError, match="test split"):
         P.evaluate_prompt(_scorer(tiny), _clipset("dev"), REF, system="x", run_id="r")
 
@@ -218,22 +226,40 @@ def test_dev_subsample_is_stratified_and_seeded():
     assert P.subsample(df, None).equals(df)
 
 
-def test_find_finetuned_system(tmp_path):
-    from lib import systems
-
-    assert P.find_finetuned_system(tmp_path, "attn") is None
-    systems.save_system(tmp_path, "qwen2audio-attn", "lora", base_model="tiny", prompt=M.DEFAULT_PROMPT)
-    systems.save_system(tmp_path, "energy", "energy")
-    systems.save_system(tmp_path, "qwen2audio-attn_mlp", "lora", base_model="tiny")
-    assert P.find_finetuned_system(tmp_path, "attn")[0] == "qwen2audio-attn"
-    assert P.find_finetuned_system(tmp_path, "attn_mlp")[0] == "qwen2audio-attn_mlp"
-    assert P.find_finetuned_system(tmp_path, "other")[0] == "qwen2audio-attn"
-    with pytest.raises(ValueError, match="no LoRA system"):
-        P.find_finetuned_system(tmp_path, name="energy")
-
-
 def test_optimizer_from_a_qwen2_audio_checkpoint_uses_its_language_model():
     opt = P.TextOptimizer.from_pretrained(M.TINY, max_new_tokens=8)
     assert "language model" in opt.name and opt.processor is not None
     out = opt.propose(P.build_meta_prompt([(REF.instruction, 0.5)], REF), n=2, seed=1)
     assert len(out) == 2 and out == opt.propose(P.build_meta_prompt([(REF.instruction, 0.5)], REF), n=2, seed=1)
+
+
+def test_settings_come_from_the_profile_only():
+    with pytest.raises(TypeError):
+        P.OproSettings()  # no defaults of its own: the profile holds them
+    ci = config.resolve("ci")
+    opro = P.OproSettings.of(ci)
+    assert (opro.opro_steps, opro.opro_candidates_per_step, opro.opro_history_size) == (1, 2, ci["opro_history_size"])
+    assert P.OproSettings.of(ci, opro_steps=4).opro_steps == 4
+    with pytest.raises(config.ConfigError, match="OPRO"):
+        P.OproSettings.of(ci, steps=4)  # the parameter's name, not a short one
+    words = dict(template_instructions=["Is a person speaking?", REF.instruction], template_labels=[["speech", "no speech"]])
+    grid = P.TemplateSettings.of(CFG, **words).grid(REF)  # cpu: template_search_max null, the whole grid
+    assert grid[0] == REF  # the hand-written instruction and labels come first, in the A = speech order
+    assert len(grid) == 2 * 2 * 2 and len({t.instruction for t in grid}) == 2
+    subset = P.TemplateSettings.of(ci, **words).grid(REF)  # ci: a seeded subset of 4 that keeps the hand-written one
+    assert len(subset) == ci["template_search_max"] == 4 and REF in subset and set(subset) <= set(grid)
+
+
+def test_best_table_and_status_counts():
+    traj = pd.DataFrame({"step": [0, 1, 1, 1], "status": ["initial", "scored", "rejected", "duplicate"],
+                         "dev_balanced_accuracy": [0.5, 0.75, np.nan, np.nan]})
+    assert P.status_counts(traj) == {"scored": 1, "rejected": 1, "duplicate": 1}
+    better = REF.with_instruction("Is a person speaking?")
+    res = P.SearchResult("opro", "qwen2audio-zeroshot", traj, better, 0.75, REF, 0.5)
+    same = P.SearchResult("template", "qwen2audio-zeroshot", traj.iloc[:1], REF, 0.5, REF, 0.5)
+    sel = P.Selection(["d0"], {("qwen2audio-zeroshot", "opro"): res, ("qwen2audio-zeroshot", "template"): same})
+    best = P.chapter.best_table(sel, REF).set_index("method")
+    assert best.loc["opro", "candidates_scored"] == 2 and best.loc["opro", "dev_gain"] == pytest.approx(0.25)
+    assert not best.loc["opro", "is_hand_written"] and best.loc["template", "is_hand_written"]
+    assert best.loc["opro", "best_prompt"].startswith("Is a person speaking?\nA) SPEECH")
+    assert list(P.chapter.by_method(sel, "template")) == ["qwen2audio-zeroshot"]

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import config, results, seed_claims as S
+from lib import config, results, systems
+from lib import seed_claims as S
 
 
 def test_seed_claim_95_vs_92_of_96_is_never_significant():
@@ -40,11 +41,11 @@ def test_lora_parameters_of_the_7b_explain_the_seeds_figures():
 
 
 def test_study_names_and_recipe():
-    name = S.study_system_name("attn_mlp", "peak")
+    name = systems.study_system_name("attn_mlp", "peak")
     assert name == "qwen2audio-attn_mlp-peak-study" and "+" not in name
-    assert S.is_study_system(name) and S.is_study_system(name + "-seed3") and not S.is_study_system("qwen2audio-attn")
+    assert systems.is_study_system(name) and systems.is_study_system(name + "-seed3") and not systems.is_study_system("qwen2audio-attn")
     with pytest.raises(ValueError):
-        S.study_system_name("attn", "loud")
+        systems.study_system_name("attn", "loud")
     cfg = config.resolve("cpu", {"max_train_clips": 1000})
     r = S.study_recipe(cfg)
     assert r["max_train_clips"] == cfg["study_max_train_clips"] and r["epochs"] == cfg["study_epochs"] and r["reduced"]

@@ -1,7 +1,7 @@
 """Chapter 06's comparison of every system of a book run, as tested functions.
 
 * ``lineup`` — gather the run's predictions, build and write the ensembles, name the systems, sort them into
-  families, choose the reference.
+  families (``lib.systems.SystemKey.family``), choose the reference.
 * ``analyses`` — the tables: every system with both intervals, paired tests, seeds and ensembles,
   psychometric thresholds, calibration, power, ``summary.json``.
 * ``prose`` — the chapter's words, printed from those tables.
@@ -14,12 +14,12 @@ from . import analyses, lineup, prose
 from .analyses import (AXES, Stopwatch, calibration, focus_systems, headline_predictions, power_comparator, power_study,
                        psychometric_study, reference_tests, reliability, roc_panels, seed_study, statistics_summary,
                        strongest_baseline, study_pair_tests, system_table, wide_tests, write_metrics, zero_shot_names)
-from .lineup import ENSEMBLE_SUFFIXES, FAMILIES, Gathered, Lineup, build_lineup, family, gather, require_run
+from .lineup import Gathered, Lineup, build_lineup, gather, require_run
 
 __all__ = [
     "analyses", "lineup", "prose", "AXES", "Stopwatch", "calibration", "focus_systems", "headline_predictions",
     "power_comparator", "power_study", "reliability",
     "psychometric_study", "reference_tests", "roc_panels", "seed_study", "statistics_summary", "strongest_baseline",
-    "study_pair_tests", "system_table", "wide_tests", "write_metrics", "zero_shot_names", "ENSEMBLE_SUFFIXES", "FAMILIES",
-    "Gathered", "Lineup", "family", "gather", "require_run", "build_lineup",
+    "study_pair_tests", "system_table", "wide_tests", "write_metrics", "zero_shot_names",
+    "Gathered", "Lineup", "gather", "require_run", "build_lineup",
 ]

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .. import evaluate, io, seed_claims, stats
-from .lineup import ENSEMBLE_SUFFIXES, FAMILIES, Lineup, SystemKey, family
+from .. import io, seed_claims, stats
+from ..systems import ENSEMBLE_KINDS, FAMILIES, MODEL_PREFIX, ZERO_SHOT, SystemKey, derived_name, family, is_study_system, study_system_name
+from .lineup import Key, Lineup
 
 
 class Stopwatch:
@@ -67,7 +68,7 @@ def system_table(line: Lineup, bank: pd.DataFrame, level: float, n_boot: int, se
 
 def write_metrics(run_dir: str | Path, line: Lineup, bank: pd.DataFrame, table: pd.DataFrame, smoke: bool) -> None:
     """The run's ``metrics.csv`` and ``metrics.json``; in a smoke run the Qwen2-Audio systems are marked smoke."""
-    smoke_systems = sorted({s for s in table["system"] if str(s).startswith("qwen2audio")}) if smoke else False
+    smoke_systems = sorted({s for s in table["system"] if SystemKey(s).is_qwen2audio}) if smoke else False
     io.write_csv(Path(run_dir) / "metrics.csv", table)
     io.write_json(Path(run_dir) / "metrics.json", stats.metrics_json(line.predictions, bank, smoke=smoke_systems, table=table))
 
@@ -84,7 +85,7 @@ def strongest_baseline(table: pd.DataFrame) -> str | None:
 
 
 def zero_shot_names(table: pd.DataFrame) -> list[str]:
-    return table.loc[table["system"] == evaluate.ZERO_SHOT, "name"].tolist()
+    return table.loc[table["system"] == ZERO_SHOT, "name"].tolist()
 
 
 def focus_systems(line: Lineup, table: pd.DataFrame) -> list[str]:
@@ -100,7 +101,7 @@ def power_comparator(line: Lineup, table: pd.DataFrame) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ section 4
-def reference_tests(line: Lineup, bank: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, list[SystemKey]]:
+def reference_tests(line: Lineup, bank: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, list[Key]]:
     """McNemar (``stats.mcnemar_table``) of the reference against every system scored on the same clips, on
     clips and on sources, in the table's order; and the systems left out because they scored other clips."""
     keys, ref = line.keys, line.reference
@@ -131,9 +132,9 @@ def study_pair_tests(line: Lineup, bank: pd.DataFrame, lora_variant: str) -> pd.
     """Every pair of the study systems of chapters 02 (normalizations) and 04 (``attn`` against ``attn_mlp``),
     per seed, on clips and sources (``seed_claims.pairwise_mcnemar``; a pair shared by both sets once)."""
     preds = line.predictions
-    study = sorted({s for s in preds["system"] if seed_claims.is_study_system(s)})
-    norm_set = [s for s in study if s.startswith(f"qwen2audio-{lora_variant}-") and "fullloss" not in s]
-    variant_set = [seed_claims.study_system_name(v, line.normalization) for v in ("attn", "attn_mlp")]
+    study = sorted({s for s in preds["system"] if is_study_system(s)})
+    norm_set = [s for s in study if s.startswith(f"{MODEL_PREFIX}-{lora_variant}-") and "fullloss" not in s]
+    variant_set = [study_system_name(v, line.normalization) for v in ("attn", "attn_mlp")]
     tests = [t for t in (seed_claims.pairwise_mcnemar(preds, norm_set, bank),
                          seed_claims.pairwise_mcnemar(preds, [s for s in variant_set if s in study], bank)) if len(t)]
     return pd.concat(tests, ignore_index=True).drop_duplicates(subset=["seed", "a", "b", "unit"]) if tests else pd.DataFrame()
@@ -168,8 +169,8 @@ def seed_study(line: Lineup, bank: pd.DataFrame, table: pd.DataFrame) -> SeedStu
     tests = []
     for s, v in line.multi_seed:
         seed_keys = [k for k in line.keys if k[0] == s and k[1] == v]
-        for kind in ENSEMBLE_SUFFIXES:
-            ek = [k for k in line.keys if k[0] == s + kind][0]
+        for kind in ENSEMBLE_KINDS:
+            ek = [k for k in line.keys if k[0] == derived_name(s, kind)][0]
             t = stats.mcnemar_table(line.predictions, ek, bank, collapse=(None, "group_id"), others=seed_keys)
             t["ensemble"], t["seed_name"] = line.names[ek], [line.names[k] for k in seed_keys] * 2
             tests.append(t)

@@ -13,30 +13,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .. import book, ensemble, evaluate, results, stats, sweep
+from .. import book, ensemble, results, stats, sweep, train
+from ..systems import ZERO_SHOT, SystemKey, family, is_ensemble
 
 KEY = results.SYSTEM_KEY
-ENSEMBLE_SUFFIXES = ("+vote", "+mean")
-FAMILIES = ["fine-tuned", "ensemble", "prompt-optimised", "zero-shot", "baseline"]
-SystemKey = tuple  # (system, variant, seed)
-
-
-def family(system: str) -> str:
-    """The family of a system, from its name: ensemble, prompt-optimised, zero-shot, fine-tuned or baseline."""
-    s = str(system)
-    if s.endswith(ENSEMBLE_SUFFIXES):
-        return "ensemble"
-    if "+" in s:
-        return "prompt-optimised"
-    if s == evaluate.ZERO_SHOT:
-        return "zero-shot"
-    if s.startswith("qwen2audio"):
-        return "fine-tuned"
-    return "baseline"
-
-
-def is_ensemble(system: str) -> bool:
-    return str(system).endswith(ENSEMBLE_SUFFIXES)
+Key = tuple  # (system, variant, seed) as the predictions table holds it; lib.systems.SystemKey types it
 
 
 def require_run(run_dir: str | Path | None) -> Path:
@@ -74,7 +55,7 @@ def gather(run_dir: str | Path, bank: pd.DataFrame) -> Gathered:
     raw = sweep.collect_predictions(run_dir)
     listed = sweep.member_dirs(run_dir)
     complete = [m for m in listed if book.read_status(m)["state"] == "complete"]
-    raw = raw[~raw["system"].astype(str).str.endswith(ENSEMBLE_SUFFIXES)]
+    raw = raw[~raw["system"].map(is_ensemble)]
     dup_mask = raw.duplicated(KEY + ["clip_id"], keep=False)
     spread = raw[dup_mask].groupby(KEY + ["clip_id"]).agg(p_range=("p_speech", lambda p: p.max() - p.min()),
                                                            preds=("pred", "nunique"))
@@ -94,7 +75,7 @@ def multi_seed_systems(predictions: pd.DataFrame) -> list[tuple[str, str]]:
     """The fine-tuned ``(system, variant)``s with at least two training seeds."""
     seeded = predictions[predictions["seed"].astype(int) >= 0]
     n_seeds = seeded.groupby(["system", "variant"])["seed"].nunique()
-    return [(s, v) for (s, v), k in n_seeds.items() if k >= 2 and str(s).startswith("qwen2audio")]
+    return [(s, v) for (s, v), k in n_seeds.items() if k >= 2 and SystemKey(s).family == "fine-tuned"]
 
 
 def seeds_of(predictions: pd.DataFrame, system: str, variant: str) -> list[int]:
@@ -103,7 +84,8 @@ def seeds_of(predictions: pd.DataFrame, system: str, variant: str) -> list[int]:
 
 
 def build_ensembles(predictions: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    """``<system>+vote`` and ``<system>+mean`` (``lib.ensemble``) of every multi-seed fine-tuned system."""
+    """The vote and mean ensembles (``lib.ensemble``: ``<system>+vote``, ``<system>+mean``) of every multi-seed
+    fine-tuned system."""
     frames = [ensemble.ensemble_predictions(predictions, s, v, run_id=run_id) for s, v in multi_seed_systems(predictions)]
     return pd.concat(frames, ignore_index=True) if frames else predictions.iloc[:0]
 
@@ -113,14 +95,14 @@ def write_ensembles(run_dir: str | Path, ensembles: pd.DataFrame) -> None:
     execution whose seeds have changed (so their keys differ) are removed."""
     on_disk = results.read_predictions(run_dir)
     new_keys = set(map(tuple, ensembles[KEY].astype(str).drop_duplicates().values))
-    old_keys = set(map(tuple, on_disk.loc[on_disk["system"].astype(str).str.endswith(ENSEMBLE_SUFFIXES), KEY].astype(str).values))
+    old_keys = set(map(tuple, on_disk.loc[on_disk["system"].map(is_ensemble), KEY].astype(str).values))
     results.remove_predictions(run_dir, old_keys - new_keys)
     if len(ensembles):
         results.write_predictions(run_dir, ensembles)
 
 
 # ------------------------------------------------------------------------------------------ names
-def variant_parts(keys: Sequence[SystemKey]) -> dict[tuple[str, str], str]:
+def variant_parts(keys: Sequence[Key]) -> dict[tuple[str, str], str]:
     """Per (system, variant): the tokens of the variant that tell the system's variants apart
     (``rms/mode0-30ms`` among ``none/mode0-30ms`` -> ``rms``); ``""`` for a system with one variant."""
     kf = pd.DataFrame(list(keys), columns=KEY)
@@ -132,15 +114,15 @@ def variant_parts(keys: Sequence[SystemKey]) -> dict[tuple[str, str], str]:
     return out
 
 
-def display_names(keys: Sequence[SystemKey]) -> dict[SystemKey, str]:
+def display_names(keys: Sequence[Key]) -> dict[Key, str]:
     """Short, unique display names: the system, its distinguishing variant parts, ``#seed`` where it has
-    several seeds; the full labels (``stats.system_label``) if shortening would merge two systems."""
+    several seeds; the full labels (``SystemKey.label``) if shortening would merge two systems."""
     kf = pd.DataFrame(list(keys), columns=KEY)
     n_sd = kf.groupby(["system", "variant"])["seed"].nunique()
     parts = variant_parts(keys)
-    names = {k: stats.system_label(k[0], parts[(k[0], k[1])], k[2], show_seed=n_sd[(k[0], k[1])] > 1) for k in keys}
+    names = {k: SystemKey(k[0], parts[(k[0], k[1])], k[2]).label(show_seed=n_sd[(k[0], k[1])] > 1) for k in keys}
     if len(set(names.values())) < len(names):
-        names = {k: stats.system_label(*k, show_seed=n_sd[(k[0], k[1])] > 1) for k in keys}
+        names = {k: SystemKey.from_tuple(k).label(show_seed=n_sd[(k[0], k[1])] > 1) for k in keys}
     return names
 
 
@@ -155,22 +137,22 @@ class Lineup:
     """Every system compared: predictions (with a ``name`` column), names, and the reference."""
 
     predictions: pd.DataFrame
-    names: dict[SystemKey, str]
+    names: dict[Key, str]
     multi_seed: list[tuple[str, str]]
     normalization: str
-    reference: SystemKey = ()
+    reference: Key = ()
     reference_reason: str = ""
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
-    def keys(self) -> list[SystemKey]:
+    def keys(self) -> list[Key]:
         return list(self.names)
 
     @property
     def reference_name(self) -> str:
         return self.names[self.reference]
 
-    def key_of(self, name: str) -> SystemKey:
+    def key_of(self, name: str) -> Key:
         return {v: k for k, v in self.names.items()}[name]
 
     def name_of(self, df: pd.DataFrame) -> list[str]:
@@ -193,12 +175,12 @@ def build_lineup(gathered: Gathered, run_dir: str | Path, cfg: dict[str, Any], r
     line = Lineup(predictions=preds, names=names, multi_seed=multi_seed_systems(base), normalization=cfg["normalization"],
                   ensembles=ens)
     line.predictions = preds.assign(name=line.name_of(preds))
-    line.reference, line.reference_reason = choose_reference(line, evaluate.system_name(cfg["lora_variant"], cfg["loss_masking"]),
+    line.reference, line.reference_reason = choose_reference(line, train.system_name(cfg["lora_variant"], cfg["loss_masking"]),
                                                              int(cfg["seed"]), reference_system)
     return line
 
 
-def choose_reference(line: Lineup, main_system: str, seed: int, reference_system: str | None = None) -> tuple[SystemKey, str]:
+def choose_reference(line: Lineup, main_system: str, seed: int, reference_system: str | None = None) -> tuple[Key, str]:
     """The reference, chosen by name, never by a test score: ``reference_system`` when given, else the run's
     fine-tuned ``main_system`` trained with the run's seed, else (said so) the zero-shot model."""
     preds = line.predictions
@@ -209,9 +191,9 @@ def choose_reference(line: Lineup, main_system: str, seed: int, reference_system
     cand = preds[(preds["system"] == main_system) & (preds["seed"].astype(int) == seed)]
     if len(cand):
         return stats.system_keys(cand)[0], f"the run's fine-tuned system `{main_system}`, seed {seed}"
-    if (preds["system"] == evaluate.ZERO_SHOT).any():
-        return (stats.system_keys(preds[preds["system"] == evaluate.ZERO_SHOT])[0],
+    if (preds["system"] == ZERO_SHOT).any():
+        return (stats.system_keys(preds[preds["system"] == ZERO_SHOT])[0],
                 f"**the zero-shot model, as a fallback**: this run has no predictions of `{main_system}` with seed {seed} "
                 "(run chapters 03 and 05 for it)")
-    raise ValueError(f"no reference: the run has neither {main_system} (seed {seed}) nor {evaluate.ZERO_SHOT}; "
+    raise ValueError(f"no reference: the run has neither {main_system} (seed {seed}) nor {ZERO_SHOT}; "
                      "run chapters 03 and 05, or pass reference_system=<one of the systems above>")

@@ -12,7 +12,8 @@ import pandas as pd
 
 from .. import seed_claims, stats
 from .analyses import PowerStudy, PsychometricStudy, SeedStudy, row
-from .lineup import ENSEMBLE_SUFFIXES, FAMILIES, Gathered, Lineup, family, seeds_of
+from ..systems import ENSEMBLE_KINDS, FAMILIES, derived_name, family
+from .lineup import Gathered, Lineup, seeds_of
 
 
 def interval(r: Any, metric: str, kind: str = "boot", digits: int = 3) -> str:
@@ -159,8 +160,8 @@ def seeds(line: Lineup, study: SeedStudy, table: pd.DataFrame, level: float, smo
                      + ("the seed moves the result about as much as the choice of test clips does, so a single-seed "
                         "comparison says little on its own." if sm['range'] / typical > 0.5 else
                         "the seed matters less than the sampling of test clips.") + "\n")
-        for kind in ENSEMBLE_SUFFIXES:
-            er = row(table, line.names[[k for k in line.keys if k[0] == s + kind][0]])
+        for kind in ENSEMBLE_KINDS:
+            er = row(table, line.names[[k for k in line.keys if k[0] == derived_name(s, kind)][0]])
             part = ens_mc[(ens_mc["ensemble"] == er["name"]) & (ens_mc["unit"] == "clip_id")]
             n_sig_b = int(((part["p_exact_adj"] < 0.05) & (part["difference"] > 0)).sum())
             n_sig_w = int(((part["p_exact_adj"] < 0.05) & (part["difference"] < 0)).sum())
@@ -292,7 +293,7 @@ def conclusions(line: Lineup, table: pd.DataFrame, mc: pd.DataFrame, seeds_: See
                          f"({100 * sm['range']:.1f} points, sd {sm['sd']:.3f})"
                          + (": a single-seed comparison between systems closer than that says little." if sm["range"] > 0 else
                             ": the seeds agree exactly on this split, which says more about the split's size than about stability."))
-            ens_rows = [row(table, line.names[k]) for k in line.keys if k[0] in (s + "+vote", s + "+mean")]
+            ens_rows = [row(table, line.names[k]) for k in line.keys if k[0] in {derived_name(s, kind) for kind in ENSEMBLE_KINDS}]
             if ens_rows:
                 top_e = max(ens_rows, key=lambda e: e["balanced_accuracy"])
                 concl.append(f"1. **Ensembles** (section 5). The better ensemble, {top_e['name']}, reaches {interval(top_e, 'balanced_accuracy')}, "

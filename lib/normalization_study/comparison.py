@@ -16,11 +16,11 @@ import pandas as pd
 import seaborn as sns
 
 from .. import plots, stats
+from ..systems import SystemKey
 from .levels import NORMS
 
 BASELINES = ("energy", "logmel", "silero_vad", "firered_vad", "webrtc_vad")
 TRAINED = ("energy", "logmel")
-FINETUNED_PREFIX = "qwen2audio"  # the fine-tuned model's systems (chapters 03-05)
 WEBRTC_SHOWN = "mode3-30ms"  # WebRTC's most aggressive mode stands for it in the per-SNR figure
 TABLE_COLUMNS = ["baseline", "normalization", "n", "accuracy", "accuracy_wilson_lo", "accuracy_wilson_hi",
                  "balanced_accuracy", "balanced_accuracy_boot_lo", "balanced_accuracy_boot_hi", "recall_speech",
@@ -42,7 +42,7 @@ def split_variant(variant: Any) -> tuple[str, str]:
 def test_predictions(predictions: pd.DataFrame, bank: pd.DataFrame) -> pd.DataFrame:
     """The baselines' and the fine-tuned model's predictions on the bank's test clips."""
     test_clips = set(bank.loc[bank["split"] == "test", "clip_id"])
-    keep = predictions["system"].isin(BASELINES) | predictions["system"].str.startswith(FINETUNED_PREFIX)
+    keep = predictions["system"].isin(BASELINES) | predictions["system"].map(lambda s: SystemKey(s).is_qwen2audio)
     return predictions[keep & predictions["clip_id"].isin(test_clips)]
 
 
@@ -134,7 +134,7 @@ def mcnemar_against_stored_level(selected: pd.DataFrame, bank: pd.DataFrame) -> 
 def finetuned_section(table: pd.DataFrame, profile_normalization: str) -> list[str | pd.DataFrame]:
     """What the run's fine-tuned model predictions say per normalization: Markdown text and tables, in the
     order to show them."""
-    finetuned = table[table["system"].str.startswith(FINETUNED_PREFIX)]
+    finetuned = table[table["system"].map(lambda s: SystemKey(s).is_qwen2audio)]
     if not len(finetuned):
         return ["No fine-tuned model predictions (`qwen2audio*`) are in this run yet: chapter 05 adds them "
                 "to the run's `predictions.csv`, and chapter 06 sets them beside these baselines."]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import LABELS, SYSTEM_KEY
+from ..systems import SystemKey
 
 
 def read_bank(bank: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -61,13 +62,9 @@ def system_keys(predictions: pd.DataFrame) -> list[tuple]:
 
 
 def system_label(system: str, variant: Any = "", seed: Any = -1, show_seed: bool = True) -> str:
-    """A short display name: ``system``, ``system/variant``, plus ``#seed`` when asked and the seed is set."""
-    name = str(system)
-    if variant is not None and str(variant) not in ("", "nan", "None"):
-        name += f"/{variant}"
-    if show_seed and seed is not None and str(seed) not in ("", "nan") and int(seed) >= 0:
-        name += f"#{int(seed)}"
-    return name
+    """A short display name: ``system``, ``system/variant``, plus ``#seed`` when asked and the seed is set
+    (:meth:`lib.systems.SystemKey.label` of the key, from loose table values)."""
+    return SystemKey(system, variant, seed).label(show_seed)
 
 
 def add_system_label(df: pd.DataFrame, column: str = "name") -> pd.DataFrame:
