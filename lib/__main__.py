@@ -30,10 +30,9 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .book import read_params
+    from .book import read_params, run_sweep
     from .config import resolve
     from .results import run_dir_for
-    from .sweep import run_sweep
 
     probe = resolve(args.profile)
     main_run = run_dir_for(args.profile, args.run_id, probe["results_root"])

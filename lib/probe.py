@@ -67,9 +67,10 @@ class WhisperProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        from .baselines import _labels_to_y, balanced_accuracy, choose_threshold
+        from .baselines import choose_threshold, labels_to_y
+        from .stats.metrics import balanced_accuracy
 
-        y_train, y_dev = _labels_to_y(train_labels, "train labels"), _labels_to_y(dev_labels, "dev labels")
+        y_train, y_dev = labels_to_y(train_labels, "train labels"), labels_to_y(dev_labels, "dev labels")
         x_train, x_dev = self.features(train_audios), self.features(dev_audios)
         scaler = StandardScaler().fit(x_train)
         self.mean, self.scale = scaler.mean_, scaler.scale_

@@ -33,7 +33,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from . import audio, io
 from .config import PROJECT_ROOT
@@ -46,18 +45,21 @@ BED_DBFS = -45.0  # the bed's RMS level before the scene's final gain
 
 @dataclass(frozen=True)
 class SceneParams:
-    n_scenes: int = 4
-    duration_s: float = 60.0
-    seed: int = 0
-    snr_range_db: tuple[float, float] = (0.0, 20.0)  # each event's SNR over the bed, uniform in this range
-    rt60s_s: tuple[float, ...] = (0.0, 0.3, 0.6)  # one per scene, drawn from these
-    pause_range_s: tuple[float, float] = (0.3, 3.0)  # silence (bed only) between consecutive events
-    speech_share: float = 0.5  # chance that the next event is speech
-    overlap_prob: float = 0.25  # chance that a non-speech event is laid over an utterance as well
+    """How scenes are built. The profile's ``recordings`` section holds the values (the one place where they are
+    defined: :meth:`from_cfg` reads them); the last three are fixed properties of rendering, not parameters."""
+
+    n_scenes: int  # scenes_dev / scenes_test
+    duration_s: float
+    seed: int
+    snr_range_db: tuple[float, float]  # each event's SNR over the bed, uniform in this range
+    rt60s_s: tuple[float, ...]  # one per scene, drawn from these
+    pause_range_s: tuple[float, float]  # silence (bed only) between consecutive events
+    speech_share: float  # chance that the next event is speech
+    overlap_prob: float  # chance that a non-speech event is laid over an utterance as well
+    bed: str  # real (the split's noise recordings; pink when none) | pink | white
     max_event_s: float = 5.0  # longer sources are cut (at a random start) to this
     activity_db: float = 35.0  # an utterance's frame is speech within this many dB of its loudest frame
     min_pause_s: float = 0.25  # shorter pauses inside an utterance count as speech
-    bed: str = "real"  # real (the split's noise recordings; pink when none) | pink | white
 
     def __post_init__(self) -> None:
         if int(self.n_scenes) < 1:
@@ -92,23 +94,18 @@ class SceneParams:
 
 
 # ============================================================================================ material
-def _bank_meta(manifest: Path) -> dict[str, Any]:
-    meta = yaml.safe_load((manifest.parent / "bank.yaml").read_text())
-    if not meta or "params" not in meta:
-        raise ValueError(f"{manifest.parent / 'bank.yaml'} is not a bank's description; rebuild the bank (chapter 01)")
-    return meta
-
-
 def split_material(manifest: str | Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(sources, noise)`` of one split: sources of the split's groups (see the module docstring), noise recordings
     its real-noise clips used. Read from the bank's manifest and the corpus it was built from."""
-    from .data import SPLITS, load_bank, load_sources
+    from .data import SPLITS, load_bank, load_bank_meta, load_sources
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     manifest = Path(manifest)
     bank = load_bank(manifest, check_files=False)
-    meta = _bank_meta(manifest)
+    meta = load_bank_meta(manifest)
+    if "params" not in meta:
+        raise ValueError(f"{manifest.parent / 'bank.yaml'} is not a bank's description; rebuild the bank (chapter 01)")
     cfg = {**meta["params"], "data_dir": meta.get("data_dir") or None, "downloads_dir": meta.get("downloads_dir") or None}
     sources, noise, _ = load_sources(cfg)
     groups = bank.groupby("group_id")["split"].agg(set)

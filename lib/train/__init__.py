@@ -2,9 +2,9 @@
 
 Read in this order, each module one idea:
 
-* :mod:`.recipe`: the recipe (:class:`TrainConfig`, read from the profile with ``lib.config.section``) and the
-  learning-rate rule when batch sizes change;
-* :mod:`.lora`: the LoRA variants on the language model and what a saved adapter holds;
+* :mod:`.recipe`: the recipe (:class:`TrainConfig`, read from the profile with ``lib.config.section``), the named
+  LoRA variants it picks from, and the learning-rate rule when batch sizes change;
+* :mod:`.lora`: wrapping the language model with a LoRA variant, and what a saved adapter holds;
 * :mod:`.batches`: which clips each optimizer step trains on (seeded per epoch);
 * :mod:`.loss`: the loss on the answer token (or every text token, the ablation) and one step's gradient;
 * :mod:`.gradient_checkpointing`: trading compute for memory;
@@ -20,12 +20,12 @@ from .batches import epoch_order, micro_batches, optimizer_steps, steps_per_epoc
 from .checkpoints import (CHECKPOINTS_KEPT, CheckpointMismatchError, check_fingerprint, latest_checkpoint,
                           load_checkpoint, run_fingerprint, save_checkpoint)
 from .gradient_checkpointing import CHECKPOINTING_MODES, checkpointing_mode, set_gradient_checkpointing
-from .lora import (LORA_VARIANTS, adapted_modules, adapter_report, apply_lora, lora_config, parameter_counts,
+from .lora import (adapted_modules, adapter_report, apply_lora, lora_config, parameter_counts,
                    target_modules_regex, trainable_modules)
 from .loop import Step, TrainResult, dev_metrics, train, write_history
 from .loss import LABEL_TO_ANSWER, accumulate_gradients, answers_for, batch_loss
 from .data_parallel import DataParallel
-from .recipe import TrainConfig, profile_recipe, scaled_learning_rate, split_batch
+from .recipe import LORA_VARIANTS, TrainConfig, profile_recipe, scaled_learning_rate, split_batch
 from .system import BaseModelConfig, split_rows, system_name, train_on_bank, train_system
 
 __all__ = [

@@ -1,7 +1,7 @@
-"""LoRA on the language model: the named variants, wrapping a model with peft, and what the adapter holds.
+"""LoRA on the language model: wrapping a model with peft, and what the adapter holds.
 
-Variants (``attn``: q,k,v,o; ``attn_mlp``: + gate, up, down) are restricted to the language model by a
-regular expression over module names; ``extra_trainable`` names whole modules trained beside LoRA (peft
+The named variants (:data:`lib.train.recipe.LORA_VARIANTS`; ``attn``: q,k,v,o; ``attn_mlp``: + gate, up, down)
+are restricted to the language model by a regular expression over module names; ``extra_trainable`` names whole modules trained beside LoRA (peft
 ``modules_to_save``). The tiny model has random weights, so the cpu profile trains its projector too; the
 real model keeps its audio tower and projector frozen.
 """
@@ -10,23 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .recipe import TrainConfig
-
-LORA_VARIANTS: dict[str, tuple[str, ...]] = {
-    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "attn_mlp": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
-
-
-def check_variant(variant: str) -> str:
-    if variant not in LORA_VARIANTS:
-        raise ValueError(f"lora_variant {variant!r} unknown; valid: {', '.join(LORA_VARIANTS)}")
-    return variant
+from .recipe import LORA_VARIANTS, TrainConfig, check_variant
 
 
 def target_modules_regex(variant: str) -> str:
@@ -43,7 +31,7 @@ def lora_config(variant: str, r: int, alpha: int, dropout: float, extra_trainabl
                       modules_to_save=list(extra_trainable) or None)
 
 
-def apply_lora(model, tc: "TrainConfig"):
+def apply_lora(model, tc: TrainConfig):
     """Wrap ``model`` in a trainable peft model (LoRA weights initialised from ``tc.seed``)."""
     import torch
     from peft import get_peft_model

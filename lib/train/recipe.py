@@ -12,7 +12,19 @@ from typing import Any, ClassVar
 from ..model.fast import lora as FL
 from ..config import resolve, section
 from .gradient_checkpointing import checkpointing_mode
-from .lora import check_variant
+
+# The named LoRA variants (the recipe picks one; lib.train.lora wraps the model with it): the projections of the
+# language model they adapt.
+LORA_VARIANTS: dict[str, tuple[str, ...]] = {
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "attn_mlp": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def check_variant(variant: str) -> str:
+    if variant not in LORA_VARIANTS:
+        raise ValueError(f"lora_variant {variant!r} unknown; valid: {', '.join(LORA_VARIANTS)}")
+    return variant
 
 
 @dataclass
@@ -30,7 +42,7 @@ class TrainConfig:
 
     SECTION: ClassVar[str] = "training"  # how lib.config.section names this group in its messages
 
-    lora_variant: str  # lib.train.lora.LORA_VARIANTS
+    lora_variant: str  # one of LORA_VARIANTS
     lora_r: int
     lora_alpha: int
     lora_dropout: float
