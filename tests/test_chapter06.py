@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lib import book, io, results
+from lib import book, config, io, results
 
 NOTEBOOK = book.NOTEBOOKS_DIR / "06_statistics.ipynb"
 
@@ -82,7 +82,7 @@ def _execute(run_dir: Path | None, out: Path) -> float:
 
     start = time.monotonic()
     pm.execute_notebook(str(NOTEBOOK), str(out), parameters={"profile": "cpu", "run_dir": None if run_dir is None else str(run_dir)},
-                        kernel_name=book.kernel_name(), cwd=str(book.PROJECT_ROOT), progress_bar=False)
+                        kernel_name=book.kernel_name(), cwd=str(config.PROJECT_ROOT), progress_bar=False)
     return time.monotonic() - start
 
 

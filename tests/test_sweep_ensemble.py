@@ -101,17 +101,17 @@ def test_on_a_cpu_the_sweep_runs_beside_the_chapters(tmp_path):
     params = nbformat.v4.new_code_cell('profile = "cpu"\nrun_dir = None\nseed = None\n')
     params.metadata["tags"] = ["parameters"]
     first.cells = [params, nbformat.v4.new_code_cell(
-        "import lib.book, lib.io, yaml\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
-        "lib.io.write_text(lib.book.Path(cfg['run_dir']) / 'bank.yaml', yaml.safe_dump({'manifest': '/nowhere/m.csv', 'sha256': 'x'}))\n")]
+        "import pathlib, lib.book, lib.io, yaml\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
+        "lib.io.write_text(pathlib.Path(cfg['run_dir']) / 'bank.yaml', yaml.safe_dump({'manifest': '/nowhere/m.csv', 'sha256': 'x'}))\n")]
     nbformat.write(first, nbs / "01_bank.ipynb")
     wait = nbformat.v4.new_notebook()
     wait.cells = [params, nbformat.v4.new_code_cell(
-        "import time, lib.book, lib.io\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
-        "member = lib.book.Path(cfg['run_dir']).parent / (lib.book.Path(cfg['run_dir']).name + '--seed1-attn')\n"
+        "import pathlib, time, lib.book, lib.io\ncfg = lib.book.setup_chapter(profile, run_dir, seed=seed)\n"
+        "member = pathlib.Path(cfg['run_dir']).parent / (pathlib.Path(cfg['run_dir']).name + '--seed1-attn')\n"
         "t0 = time.monotonic()\n"
         "while lib.book.read_status(member)['state'] != 'complete' and time.monotonic() - t0 < 120:\n"
         "    time.sleep(0.5)\n"
-        "lib.io.write_text(lib.book.Path(cfg['run_dir']) / 'seen.txt', lib.book.read_status(member)['state'])\n")]
+        "lib.io.write_text(pathlib.Path(cfg['run_dir']) / 'seen.txt', lib.book.read_status(member)['state'])\n")]
     nbformat.write(wait, nbs / "04_wait.ipynb")
     res = tmp_path / "res"
     run = book.run_book("cpu", {"sweep_seeds": [1], "sweep_variants": ["attn"], "sweep_chapters": ["03"], "cpu_workers": 2},

@@ -20,9 +20,6 @@ chapter calls inside its kernel: :func:`setup_chapter`, :func:`ensure_bank`, the
 """
 from __future__ import annotations
 
-from pathlib import Path  # chapters 03-05 write ``lib.book.Path(cfg["figures_dir"])``
-
-from ..config import PROJECT_ROOT  # and read ``lib.book.PROJECT_ROOT``
 from .chapter_setup import (ensure_bank, figure_source, model_label, random_weights, setup_chapter,
                             smoke_label)
 from .chapters import (KERNEL_NAME, NOTEBOOKS_DIR, RUN_LAST, SWEEP_STEP, book_steps, chapter_parameters,
@@ -34,7 +31,7 @@ from .run_folder import (LOCK_NAME, RECORDED_PACKAGES, RUNNER_ENV, check_corpus,
 from .runner import RunBusy, publish_run_figures, rerun, run_book, run_sweep, start_beside_book, stop_beside_book
 
 __all__ = [
-    "PROJECT_ROOT", "Path", "ChapterFailed", "KERNEL_NAME", "LOCK_NAME", "NOTEBOOKS_DIR", "RECORDED_PACKAGES", "RUNNER_ENV", "RUN_LAST",
+    "ChapterFailed", "KERNEL_NAME", "LOCK_NAME", "NOTEBOOKS_DIR", "RECORDED_PACKAGES", "RUNNER_ENV", "RUN_LAST",
     "RunBusy", "SWEEP_STEP", "book_steps", "chapter_parameters", "check_corpus", "clean_notebook", "corpus_checksum",
     "ensure_bank", "execute_chapter", "figure_source", "git_commit", "is_locked", "kernel_name", "list_chapters",
     "missing_steps", "model_label", "package_versions", "params_digest", "publish_run_figures", "random_weights",
