@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from lib import config, data, evaluate, model as M, train as TR
+from lib import config, data, model as M, train as TR
 from lib.model.build import mini as mini_model
 
 
@@ -34,8 +34,8 @@ def main() -> None:
     cfg["data_dir"] = os.environ.get("DATA_DIR") or cfg["data_dir"]
     manifest = data.build_bank(cfg, progress=False)
     bank = data.load_bank(manifest)
-    tr = evaluate.split_rows(bank, "train", args.n_train, 0)
-    dv = evaluate.split_rows(bank, "dev", args.dev, 0)
+    tr = TR.split_rows(bank, "train", args.n_train, 0)
+    dv = TR.split_rows(bank, "dev", args.dev, 0)
     norm = cfg["normalization"]
     train_audios, dev_audios = data.load_clips(tr, manifest, normalization=norm), data.load_clips(dv, manifest, normalization=norm)
     name = args.model

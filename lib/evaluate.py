@@ -1,7 +1,7 @@
 """Chapters 03-05 in functions: score splits, break results down by condition (training is ``lib.train``).
 
 System names: ``qwen2audio-zeroshot`` (the base model, no adapter) and ``qwen2audio-<variant>`` for a
-fine-tuned one (``lib.train.system_name``: ``-fullloss`` appended when the loss covers the whole sequence,
+fine-tuned one (``lib.systems.trained_system_name``: ``-fullloss`` appended when the loss covers the whole sequence,
 the ablation). Every system writes the predictions table of DESIGN.md for the test split; nothing here
 chooses anything on the test split.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 from . import data, results
 from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
 from .systems import ZERO_SHOT, is_study_system, list_systems, read_system_yaml
-from .train import split_rows, system_name  # noqa: F401  (chapters name systems through here)
+from .train import split_rows
 
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
 

@@ -37,6 +37,7 @@ from .audio import NORMALIZATIONS
 ZERO_SHOT = "qwen2audio-zeroshot"  # the base model, no adapter (chapter 05)
 MODEL_PREFIX = "qwen2audio"  # every Qwen2-Audio system's name starts with it; the others are baselines
 STUDY_SUFFIX = "-study"  # systems trained with the study recipe (chapters 02 and 04)
+FULL_LOSS_SUFFIX = "-fullloss"  # trained with the loss over the whole sequence (the ablation of chapter 04)
 DERIVED_SEP = "+"  # <system>+<derivation>: a system made from another one
 ENSEMBLE_KINDS = ("vote", "mean")  # lib.ensemble: majority vote and mean p_speech across seeds
 PROMPT_METHODS = ("opro", "template")  # lib.prompt_opt: the prompt chosen on dev by OPRO or the template search
@@ -53,12 +54,18 @@ def derived_name(base: str, derivation: str) -> str:
     return f"{base}{DERIVED_SEP}{derivation}"
 
 
+def trained_system_name(lora_variant: str, loss_masking: bool = True) -> str:
+    """The name of a run's fine-tuned system: ``qwen2audio-<variant>``, ``-fullloss`` appended when the loss
+    covers the whole sequence (the ablation)."""
+    return f"{MODEL_PREFIX}-{lora_variant}" + ("" if loss_masking else FULL_LOSS_SUFFIX)
+
+
 def study_system_name(lora_variant: str, normalization: str, loss_masking: bool = True) -> str:
     """``qwen2audio-<variant>-<normalization>-study``: a system trained with the study recipe (``-fullloss``
     before ``-study`` when the loss covers the whole sequence). No ``+`` (that marks a derived system)."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization {normalization!r} unknown; valid: {', '.join(NORMALIZATIONS)}")
-    return f"{MODEL_PREFIX}-{lora_variant}-{normalization}" + ("" if loss_masking else "-fullloss") + STUDY_SUFFIX
+    return f"{MODEL_PREFIX}-{lora_variant}-{normalization}" + ("" if loss_masking else FULL_LOSS_SUFFIX) + STUDY_SUFFIX
 
 
 def is_study_system(system: str) -> bool:

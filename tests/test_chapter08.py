@@ -17,7 +17,7 @@ import sys
 import pandas as pd
 import pytest
 
-from lib import book, config, evaluate, results, seed_claims
+from lib import book, config, results, seed_claims, systems
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def check_chapter08(run, figs, cfg=None, model: str = "mini model") -> None:
     # the McNemar counts are those of the predictions
     ext = results.read_predictions(sub / "extended96")
     tests = pd.read_csv(sub / "mcnemar_extended96.csv")
-    a, b = evaluate.system_name("attn", True), evaluate.system_name("attn_mlp", True)
+    a, b = systems.trained_system_name("attn", True), systems.trained_system_name("attn_mlp", True)
     row = tests[(tests["a"] == a) & (tests["b"] == b) & (tests["unit"] == "clips") & (tests["seed"] == 42)].iloc[0]
     pa = ext[(ext["system"] == a) & (ext["seed"] == 42)].set_index("clip_id")
     pb = ext[(ext["system"] == b) & (ext["seed"] == 42)].set_index("clip_id").loc[pa.index]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io, seed_claims, stats
-from ..systems import ENSEMBLE_KINDS, FAMILIES, MODEL_PREFIX, ZERO_SHOT, SystemKey, derived_name, family, is_study_system, study_system_name
+from ..systems import ENSEMBLE_KINDS, FAMILIES, FULL_LOSS_SUFFIX, MODEL_PREFIX, ZERO_SHOT, SystemKey, derived_name, family, is_study_system, study_system_name
 from .lineup import Key, Lineup
 
 
@@ -133,7 +133,7 @@ def study_pair_tests(line: Lineup, bank: pd.DataFrame, lora_variant: str) -> pd.
     per seed, on clips and sources (``seed_claims.pairwise_mcnemar``; a pair shared by both sets once)."""
     preds = line.predictions
     study = sorted({s for s in preds["system"] if is_study_system(s)})
-    norm_set = [s for s in study if s.startswith(f"{MODEL_PREFIX}-{lora_variant}-") and "fullloss" not in s]
+    norm_set = [s for s in study if s.startswith(f"{MODEL_PREFIX}-{lora_variant}-") and FULL_LOSS_SUFFIX not in s]
     variant_set = [study_system_name(v, line.normalization) for v in ("attn", "attn_mlp")]
     tests = [t for t in (seed_claims.pairwise_mcnemar(preds, norm_set, bank),
                          seed_claims.pairwise_mcnemar(preds, [s for s in variant_set if s in study], bank)) if len(t)]

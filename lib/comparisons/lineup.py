@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .. import book, ensemble, results, stats, sweep, train
-from ..systems import ZERO_SHOT, SystemKey, family, is_ensemble
+from .. import book, ensemble, results, stats, sweep
+from ..systems import ZERO_SHOT, SystemKey, family, is_ensemble, trained_system_name
 
 KEY = results.SYSTEM_KEY
 Key = tuple  # (system, variant, seed) as the predictions table holds it; lib.systems.SystemKey types it
@@ -175,7 +175,7 @@ def build_lineup(gathered: Gathered, run_dir: str | Path, cfg: dict[str, Any], r
     line = Lineup(predictions=preds, names=names, multi_seed=multi_seed_systems(base), normalization=cfg["normalization"],
                   ensembles=ens)
     line.predictions = preds.assign(name=line.name_of(preds))
-    line.reference, line.reference_reason = choose_reference(line, train.system_name(cfg["lora_variant"], cfg["loss_masking"]),
+    line.reference, line.reference_reason = choose_reference(line, trained_system_name(cfg["lora_variant"], cfg["loss_masking"]),
                                                              int(cfg["seed"]), reference_system)
     return line
 

@@ -142,14 +142,14 @@ def _train_and_score_seed_arm(cfg: Mapping[str, Any], seed_manifest: str, train:
                               sets: Mapping[str, tuple[pd.DataFrame, str]], arm: Mapping[str, Any]
                               ) -> tuple[str, float, dict[str, pd.DataFrame]]:
     """One arm of :func:`train_and_score_seed_design`: its folder, training seconds and predictions by clip set."""
-    from ..train import system_name
+    from ..systems import trained_system_name
     from ..systems import load_system
     from ..train import train_system
 
     root = Path(cfg["run_dir"]) / "seed_replication"
     recipe = seed_design_recipe(cfg)
     norm = recipe["normalization"]
-    system = system_name(arm["lora_variant"], arm["loss_masking"])
+    system = trained_system_name(arm["lora_variant"], arm["loss_masking"])
     folder = f"{system}-seed{arm['seed']}"
     run_cfg = {**cfg, "normalization": norm, "seed": arm["seed"], "epochs": recipe["epochs"], "run_dir": str(root)}
     summary = train_system(run_cfg, root, folder, data.load_clips(train, seed_manifest, normalization=norm),

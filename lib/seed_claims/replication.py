@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from .. import data, stats
-from ..train import split_rows, system_name
+from ..systems import trained_system_name
+from ..train import split_rows
 from .claims import SEED_CLAIMS, accuracy_pair_tables, clips_to_detect, pair_verdicts, pairwise_mcnemar, scoring_vs_generate
 from .design import check_no_shared_sources, seed_bank_config, seed_design_recipe, seed_design_splits
 
 SETS = ("test32", "extended96", "book_test")  # the clip sets every arm is scored on
-MASKED_ATTN, MASKED_MLP = system_name("attn", True), system_name("attn_mlp", True)
+MASKED_ATTN, MASKED_MLP = trained_system_name("attn", True), trained_system_name("attn_mlp", True)
 DELTA = 0.03  # the difference the seed reported (99.0 against 95.8): about 3 points
 
 
@@ -100,7 +101,7 @@ def seed_claim() -> tuple[pd.DataFrame, str]:
 
 def comparison_pairs(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
     """attn against attn_mlp (loss masked), then masked against full-sequence loss for each variant trained both ways."""
-    return [(MASKED_ATTN, MASKED_MLP)] + [(system_name(v, True), system_name(v, False))
+    return [(MASKED_ATTN, MASKED_MLP)] + [(trained_system_name(v, True), trained_system_name(v, False))
                                           for v in cfg["seed_replication_fullloss_variants"]]
 
 
@@ -134,7 +135,7 @@ def scoring_checks(cfg: Mapping[str, Any], design: SeedDesign) -> pd.DataFrame:
     saved), each under the normalization it was trained with."""
     from ..systems import list_systems, load_system
 
-    main = system_name(cfg["lora_variant"], cfg["loss_masking"])
+    main = trained_system_name(cfg["lora_variant"], cfg["loss_masking"])
     run_dir = Path(cfg["run_dir"])
     seed_dir = run_dir / "seed_replication"
     rows = split_rows(design.book_bank, "test", cfg["scoring_check_max_clips"], seed=int(cfg["bank_seed"]))

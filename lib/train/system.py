@@ -17,6 +17,7 @@ import pandas as pd
 from .. import data, io
 from .. import model as M
 from ..config import section
+from ..systems import trained_system_name
 from .lora import adapter_report, apply_lora
 from .loop import Step, train
 from .data_parallel import DataParallel
@@ -34,11 +35,6 @@ class BaseModelConfig:
     torch_dtype: str
     short_encoder: bool
 
-
-def system_name(variant: str, loss_masking: bool = True) -> str:
-    """The name of a run's fine-tuned system: ``qwen2audio-<variant>``, ``-fullloss`` appended when the loss
-    covers the whole sequence (the ablation)."""
-    return f"qwen2audio-{variant}" + ("" if loss_masking else "-fullloss")
 
 
 def split_rows(bank: pd.DataFrame, split: str, max_clips: int | None = None, seed: int = 0) -> pd.DataFrame:
@@ -60,7 +56,7 @@ def train_on_bank(cfg: Mapping[str, Any], manifest: str | Path, name: str | None
     train_rows = split_rows(bank, "train", cfg["max_train_clips"], int(cfg["seed"]))
     dev_rows = split_rows(bank, "dev")
     norm = cfg["normalization"]
-    name = name or system_name(overrides.get("lora_variant", cfg["lora_variant"]),
+    name = name or trained_system_name(overrides.get("lora_variant", cfg["lora_variant"]),
                                overrides.get("loss_masking", cfg["loss_masking"]))
     return train_system(
         dict(cfg), cfg["run_dir"], name, data.load_clips(train_rows, manifest, normalization=norm),
