@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import audio, io
-from .config import PROJECT_ROOT
+from .. import audio, io
+from ..config import PROJECT_ROOT
 
 SR = audio.SR
 SCENES_VERSION = 2  # bump when rendering changes, so old scene folders are not reused
@@ -102,7 +102,7 @@ def _bank_meta(manifest: Path) -> dict[str, Any]:
 def split_material(manifest: str | Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(sources, noise)`` of one split: sources of the split's groups (see the module docstring), noise recordings
     its real-noise clips used. Read from the bank's manifest and the corpus it was built from."""
-    from .data import SPLITS, load_bank, load_sources
+    from ..data import SPLITS, load_bank, load_sources
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -277,7 +277,7 @@ def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, sc
 
 
 def _union(regions: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    from .data.rttm import merge_intervals as union
+    from ..data.rttm import merge_intervals as union
 
     return union(regions)
 
