@@ -3,9 +3,9 @@
     python -m bench.segment [--system results/cpu/book:qwen2audio-attn ...] [--minutes 5] [--window-ms 1000]
                             [--hop-ms 250 100] [--out bench/out]
 
-Every system goes through segment's own engine (:func:`lib.segment.segment_audio`) on one long recording: the three
-VADs on their own frames (always measured), and each ``--system`` (a trained Qwen2-Audio system, a fitted baseline:
-anything ``predict`` loads) slid in ``--window-ms`` windows at each ``--hop-ms``. The recording is synthetic
+Every system goes through segment's own engine (:func:`lib.recordings.segment.segment_audio`) on one long recording:
+the three VADs on their own frames (always measured), and each ``--system`` (a trained Qwen2-Audio system, a fitted
+baseline: anything ``predict`` loads) slid in ``--window-ms`` windows at each ``--hop-ms``. The recording is synthetic
 (harmonic bursts, noise, no digital silence, so every window is really scored): speed does not depend on what it
 holds. Reading the file is not timed; the frame probabilities, the segments and the RTTM are.
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lib import segment as S
+    from lib.recordings import segment as S
     from lib.systems import load_system
 
     out = Path(args.out)

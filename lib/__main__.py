@@ -89,7 +89,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .segment import SegmentParams, segment_recordings
+    from .recordings import SegmentParams, segment_recordings
 
     params = SegmentParams(
         window_ms=args.window_ms, hop_ms=args.hop_ms, frame_ms=args.frame_ms, aggregate=args.aggregate,

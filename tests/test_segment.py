@@ -1,14 +1,13 @@
-"""``python -m lib segment`` (lib.segment): windows -> frames -> segments, RTTM, the output folder, bad input, and
-every kind of system (a VAD's own frames, a fitted baseline, a trained LoRA system of the tiny model)."""
+"""``python -m lib segment`` (lib.recordings.segment): windows -> frames -> segments, RTTM, the output folder, bad
+input, and every kind of system (a VAD's own frames, a fitted baseline, a trained LoRA system of the tiny model)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lib import detection
-from lib import segment as S
-from lib import segment_output, sliding_windows
+from lib.recordings import detection, output, windows
+from lib.recordings import segment as S
 from lib.data import rttm as rttm_io
 from lib.__main__ import main
 from lib.audio import write_audio
@@ -53,11 +52,11 @@ SPANS = [(1.0, 2.5), (4.0, 4.3), (6.2, 9.0)]
 
 # ------------------------------------------------------------------------------------------ windows
 def test_window_starts_cover_the_recording():
-    s = sliding_windows.window_starts(10_000, 4_000, 1_000)
+    s = windows.window_starts(10_000, 4_000, 1_000)
     assert s[0] == 0 and s[-1] + 4_000 == 10_000 and np.all(np.diff(s) <= 1_000)
-    s = sliding_windows.window_starts(10_500, 4_000, 1_000)
+    s = windows.window_starts(10_500, 4_000, 1_000)
     assert s[-1] == 6_500 and s[-2] == 6_000  # the regular windows fall short: one more ends at the end
-    assert sliding_windows.window_starts(3_000, 4_000, 1_000).tolist() == [0]  # shorter than a window: the whole recording
+    assert windows.window_starts(3_000, 4_000, 1_000).tolist() == [0]  # shorter than a window: the whole recording
 
 
 @pytest.mark.parametrize("agg", ["mean", "max", "min"])
@@ -66,9 +65,9 @@ def test_aggregation_of_an_ideal_detector(agg):
     about half a window, max by a whole window."""
     n, win, hop, frame = 10 * SR, SR, SR // 10, SR // 100
     speech = (3 * SR, 5 * SR)
-    starts = sliding_windows.window_starts(n, win, hop)
+    starts = windows.window_starts(n, win, hop)
     scores = np.array([float(s < speech[1] and s + win > speech[0]) for s in starts])
-    p = sliding_windows.frames_from_windows(scores, starts, win, n, frame, agg)
+    p = windows.frames_from_windows(scores, starts, win, n, frame, agg)
     segs = S.binarize(p, 0.01, 0.5, 0.5)
     assert len(segs) == 1
     a, b = segs[0][0] * 0.01, segs[0][1] * 0.01
@@ -78,10 +77,10 @@ def test_aggregation_of_an_ideal_detector(agg):
 
 def test_frames_from_windows_means_the_covering_windows():
     # two windows of 4 frames, overlapping on frames 2-3
-    p = sliding_windows.frames_from_windows(np.array([1.0, 0.0]), np.array([0, 320]), 640, 960, 160, "mean")
+    p = windows.frames_from_windows(np.array([1.0, 0.0]), np.array([0, 320]), 640, 960, 160, "mean")
     assert p.tolist() == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
     # a recording shorter than a frame still gets its one frame
-    assert sliding_windows.frames_from_windows(np.array([0.7]), np.array([0]), 100, 100, 160, "mean").tolist() == [pytest.approx(0.7)]
+    assert windows.frames_from_windows(np.array([0.7]), np.array([0]), 100, 100, 160, "mean").tolist() == [pytest.approx(0.7)]
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -165,14 +164,14 @@ def test_segment_command_writes_rttm_frames_and_the_segments_table(tmp_path):
     assert main(["segment", "--system", "webrtc", "--audio", str(folder), "--out", str(out), "--no-progress",
                  "--min-speech-ms", "100"]) == 0
     seg = pd.read_csv(out / "segments.csv")
-    assert list(seg.columns) == segment_output.SEGMENT_COLUMNS
+    assert list(seg.columns) == output.SEGMENT_COLUMNS
     assert set(seg["recording_id"]) <= {"a", "b"} and set(seg["system"]) == {"webrtc_vad"}
     assert (seg["end_s"] > seg["start_s"]).all() and seg["p_speech_mean"].between(0, 1).all()
     for rid in ("a", "b"):
         rttm = rttm_io.read_rttm_segments(out / "rttm" / f"{rid}.rttm").get(rid, [])
         mine = seg[seg.recording_id == rid]
         assert [(round(a, 3), round(b, 3)) for a, b in rttm] == [(round(a, 3), round(b, 3)) for a, b in zip(mine.start_s, mine.end_s)]
-        probs, frame_s, n = segment_output.read_frames(out / "frames" / f"{rid}.npz")
+        probs, frame_s, n = output.read_frames(out / "frames" / f"{rid}.npz")
         assert frame_s == 0.01 and len(probs) == -(-n // 160)
     recs = pd.read_csv(out / "recordings.csv")
     assert recs.set_index("recording_id").loc["b", "duration_s"] == pytest.approx(3.0, abs=1e-3)
@@ -217,10 +216,10 @@ def test_segment_with_a_trained_lora_system_of_the_tiny_model(tmp_path):
     out = S.segment_recordings(f"{tmp_path / 'run'}:qwen2audio-attn", tmp_path / "rec.wav", tmp_path / "out", params,
                                progress=False)
     scorer = load_system(f"{tmp_path / 'run'}:qwen2audio-attn")
-    starts = sliding_windows.window_starts(len(x), SR, SR // 2)
+    starts = windows.window_starts(len(x), SR, SR // 2)
     direct = scorer.score([normalize(x[s : s + SR], scorer.normalization) for s in starts])
-    expect = sliding_windows.frames_from_windows(direct, starts, SR, len(x), 160, "mean")
-    probs, _, _ = segment_output.read_frames(out / "frames" / "rec.npz")
+    expect = windows.frames_from_windows(direct, starts, SR, len(x), 160, "mean")
+    probs, _, _ = output.read_frames(out / "frames" / "rec.npz")
     np.testing.assert_allclose(probs, expect, atol=1e-5)
     assert pd.read_csv(out / "segments.csv")["system"].unique().tolist() in ([], ["qwen2audio-attn"])
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .recordings import DevChoice, SceneSplit, TestResults
-from .recordings_analysis import ERROR_AXES
+from .study import DevChoice, SceneSplit, TestResults
+from .analysis import ERROR_AXES
 
 
 def detection_figure(metrics: pd.DataFrame, frames: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],

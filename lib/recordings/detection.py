@@ -139,7 +139,7 @@ def evaluate(per_recording: pd.DataFrame, frames: Mapping[str, tuple[np.ndarray,
 
 def coverage(regions: Segments, segments: Segments) -> float:
     """Share of the total duration of ``regions`` that ``segments`` cover (overlaps within each counted once)."""
-    from .data.rttm import merge_intervals as _union
+    from ..data.rttm import merge_intervals as _union
 
     total = sum(b - a for a, b in regions)
     if total <= 0:

@@ -1,6 +1,6 @@
 """Chapter 09's analysis of the test pass: the scenes in one table, where the errors are (missed speech by
 utterance duration and SNR, false alarms by non-speech category), which scenes to show as timelines, and the
-findings in words. Pure functions of the tables :mod:`lib.recordings` produces."""
+findings in words. Pure functions of the tables :mod:`lib.recordings.study` produces."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import detection
-from .recordings import SceneSplit, event_errors
+from .study import SceneSplit, event_errors
 
 DURATION_BINS = ([0, 0.5, 1.0, 2.0, 60], ["< 0.5 s", "0.5-1 s", "1-2 s", "> 2 s"])  # an utterance's speech seconds
 SNR_BINS = ([-60, 5, 10, 15, 60], ["< 5 dB", "5-10 dB", "10-15 dB", "> 15 dB"])
@@ -37,7 +37,7 @@ def scene_overview(splits: Mapping[str, SceneSplit]) -> pd.DataFrame:
 
 def speech_errors(events: pd.DataFrame, hyps: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
                   refs: Mapping[str, Sequence[tuple[float, float]]]) -> pd.DataFrame:
-    """Every placed event's errors for every system (:func:`lib.recordings.event_errors`, column ``system``), the
+    """Every placed event's errors for every system (:func:`lib.recordings.study.event_errors`, column ``system``), the
     utterances binned by their speech duration and SNR (columns ``speech duration`` and ``SNR``)."""
     err = pd.concat([event_errors(events, hyps[n], refs).assign(system=n) for n in hyps], ignore_index=True)
     speech = err["kind"] == "speech"

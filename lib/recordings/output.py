@@ -1,7 +1,7 @@
 """The output folder of ``python -m lib segment``: ``segment.yaml`` marks it, ``segments.csv`` is the **segments**
 table of DESIGN.md, ``frames/<recording_id>.npz`` the frame probabilities, ``rttm/`` the detected speech
 (:func:`lib.data.rttm.write_rttm`), ``recordings.csv`` one row per recording; :func:`measure` scores such a folder
-against reference speech regions (:mod:`lib.detection`, pyannote.metrics)."""
+against reference speech regions (:mod:`lib.recordings.detection`, pyannote.metrics)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import detection, io
-from .audio import SR  # the book's one sample rate
-from .data.rttm import read_rttm_segments
+from .. import io
+from ..audio import SR  # the book's one sample rate
+from ..data.rttm import read_rttm_segments
+from . import detection
 
 SEGMENT_COLUMNS = ["run_id", "system", "variant", "recording_id", "start_s", "end_s", "p_speech_mean"]
 MARKER = "segment.yaml"  # what marks a folder as one this command wrote (and may write again)

@@ -1,13 +1,13 @@
 """A clip detector slid over a recording: the windows' start samples, their scores from the system (each window at the
 system's own load-time normalization, digital silence scored 0 unseen), and the frame probabilities that aggregate
-the windows covering each frame (``mean``, ``max`` or ``min``; :mod:`lib.segment` says why the choice matters)."""
+the windows covering each frame (``mean``, ``max`` or ``min``; :mod:`lib.recordings.segment` says why the choice matters)."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import numpy as np
 
-from .audio import SILENCE_PEAK, normalize
+from ..audio import SILENCE_PEAK, normalize
 
 AGGREGATIONS = ("mean", "max", "min")
 

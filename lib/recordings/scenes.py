@@ -34,8 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import audio, io
-from .config import PROJECT_ROOT
+from .. import audio, io
+from ..config import PROJECT_ROOT
 
 SR = audio.SR
 SCENES_VERSION = 2  # bump when rendering changes, so old scene folders are not reused
@@ -97,7 +97,7 @@ class SceneParams:
 def split_material(manifest: str | Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(sources, noise)`` of one split: sources of the split's groups (see the module docstring), noise recordings
     its real-noise clips used. Read from the bank's manifest and the corpus it was built from."""
-    from .data import SPLITS, load_bank, load_bank_meta, load_sources
+    from ..data import SPLITS, load_bank, load_bank_meta, load_sources
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -274,7 +274,7 @@ def render_scene(params: SceneParams, src: pd.DataFrame, noise: pd.DataFrame, sc
 
 
 def _union(regions: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    from .data.rttm import merge_intervals as union
+    from ..data.rttm import merge_intervals as union
 
     return union(regions)
 

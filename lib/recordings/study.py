@@ -6,9 +6,9 @@
   window size of the grid (window scores are computed once per window size; ``mean``/``max``/``min`` aggregation
   and every decision setting reuse them), then the decision grid (onset, hysteresis gap, minimum speech and silence)
   scored with pyannote.metrics; the setting with the lowest pooled detection error rate on dev wins.
-* :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.segment.
-  segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
-  (:func:`lib.segment_output.measure`).
+* :func:`run_on_test` -- the chosen setting through ``python -m lib segment``'s engine (:func:`lib.recordings.
+  segment.segment_recordings`) on the test recordings, into ``<run>/recordings/<system>/``, then measured
+  (:func:`lib.recordings.output.measure`).
 * :func:`run_own_helper` -- Silero's and FireRedVAD's own segment helpers, default settings, for comparison.
 * :func:`event_errors` -- error analysis: which non-speech events became false alarms (share of each event, outside
   reference speech, covered by detected speech) and which speech was missed (share of each utterance's reference
@@ -16,8 +16,8 @@
 * :func:`tune_on_dev` / :func:`run_test` -- the chapter's two passes over every system, with
   :class:`RecordingsStudy` (the profile's ``seg_*`` parameters, read by ``lib.config.section``).
 
-The analysis of the test results is :mod:`lib.recordings_analysis`; the chapter's figures are
-:mod:`lib.recordings_figures`.
+The analysis of the test results is :mod:`lib.recordings.analysis`; the chapter's figures are
+:mod:`lib.recordings.figures`.
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import detection, io
-from .audio import AUDIO_EXTENSIONS, SR
-from .data.rttm import read_rttm_segments, write_rttm
+from .. import io
+from ..audio import AUDIO_EXTENSIONS, SR
+from ..data.rttm import read_rttm_segments, write_rttm
+from . import detection
+from .output import SEGMENT_COLUMNS
 from .segment import SegmentParams, binarize, frame_probabilities, load_recording, segment_recordings
-from .segment_output import SEGMENT_COLUMNS
-from .sliding_windows import frames_from_windows, score_windows, window_starts
+from .windows import frames_from_windows, score_windows, window_starts
 
 VAD_SPECS = ("silero", "webrtc", "firered")
 OWN_HELPERS = ("silero", "firered")  # the VADs whose packages ship their own segment helper
@@ -85,7 +86,7 @@ class SceneSplit:
 
 
 def scene_splits(manifest: str | Path, cfg: Mapping[str, Any], splits: Sequence[str] = ("dev", "test")) -> dict[str, SceneSplit]:
-    """The dev and test scenes of the run's bank, built or reused (:func:`lib.scenes.build_scenes`), read back."""
+    """The dev and test scenes of the run's bank, built or reused (:func:`lib.recordings.scenes.build_scenes`), read back."""
     from . import scenes
 
     out = {}
@@ -136,7 +137,7 @@ def default_systems(run_dir: str | Path, lora_variant: str = "attn") -> list[str
     and the three VADs."""
     import yaml
 
-    from .systems import list_systems
+    from ..systems import list_systems
 
     run_dir = Path(run_dir)
     kinds = {n: (yaml.safe_load((run_dir / "systems" / n / "system.yaml").read_text()) or {}).get("kind")
@@ -221,8 +222,8 @@ def run_on_test(system: Any, spec: str, params: SegmentParams, recs: pd.DataFram
 def run_own_helper(kind: str, recs: pd.DataFrame, out: str | Path, run_id: str) -> Path:
     """A VAD's own segment helper with its default settings (:func:`lib.vad.own_segments`) on the recordings, written
     in segment's layout (``rttm/``, ``segments.csv``, ``recordings.csv``; no frame probabilities) so that
-    :func:`lib.segment_output.measure` reads it like any system."""
-    from .vad import own_segments  # the VADs' packages load only when a VAD runs
+    :func:`lib.recordings.output.measure` reads it like any system."""
+    from ..vad import own_segments  # the VADs' packages load only when a VAD runs
 
     out = Path(out)
     name = f"{kind}_vad (own helper)"
@@ -297,7 +298,7 @@ class DevChoice:
 def tune_on_dev(specs: Sequence[str], dev: SceneSplit, study: RecordingsStudy, log: Any = print) -> DevChoice:
     """Each system (:func:`lib.systems.load_system`) over the dev scenes for every window size and decision setting
     of the grid; the setting with the lowest pooled detection error rate is chosen (:func:`choose_settings`)."""
-    from .systems import load_system
+    from ..systems import load_system
 
     choice = DevChoice({}, {}, {}, {})
     durations = dict(zip(dev.recs["recording_id"], dev.recs["duration_s"]))
@@ -338,8 +339,8 @@ def run_test(choice: DevChoice, test: SceneSplit, study: RecordingsStudy, out_ro
              own_helpers: Sequence[str] = OWN_HELPERS) -> TestResults:
     """Every system once on the test scenes with its dev-chosen setting (:func:`run_on_test`), then the VADs' own
     segment helpers (:func:`run_own_helper`, as their users get them out of the box), each measured
-    (:func:`lib.segment_output.measure`); the metrics table is written to ``<out_root>/metrics.csv``."""
-    from .segment_output import measure
+    (:func:`lib.recordings.output.measure`); the metrics table is written to ``<out_root>/metrics.csv``."""
+    from .output import measure
 
     out_root = Path(out_root)
     args = (test.refs, study.seg_collar_s, study.bootstrap_reps, study.ci_level, study.seed)

@@ -32,11 +32,11 @@ Output folder (``--out``): ``rttm/<recording_id>.rttm`` (VoxConverse's format, s
 table of DESIGN.md: ``run_id, system, variant, recording_id, start_s, end_s, p_speech_mean``), ``recordings.csv``
 (one row per recording: duration, compute seconds, real-time factor) and ``segment.yaml`` (the parameters); with
 ``--reference`` (an RTTM file or a folder of them, e.g. VoxConverse's), also ``metrics.json`` and
-``metrics_by_recording.csv`` (:mod:`lib.detection`). Every file is written atomically; the folder must be new or
+``metrics_by_recording.csv`` (:mod:`lib.recordings.detection`). Every file is written atomically; the folder must be new or
 one that ``segment`` wrote before.
 
-Modules: :mod:`lib.sliding_windows` (windows, their scores, frames), this one (parameters, decisions, the command),
-:mod:`lib.segment_output` (the output folder's files, measured against references), :mod:`lib.data.rttm` (RTTM).
+Modules: :mod:`lib.recordings.windows` (windows, their scores, frames), this one (parameters, decisions, the
+command), :mod:`lib.recordings.output` (the output folder's files, measured against references), :mod:`lib.data.rttm` (RTTM).
 """
 from __future__ import annotations
 
@@ -50,11 +50,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import io
-from .audio import SR  # the book's one sample rate
-from .data.rttm import check_recording_id, read_references, write_rttm
-from .segment_output import MARKER, SEGMENT_COLUMNS, measure, prepare_out, segments_table, write_frames
-from .sliding_windows import AGGREGATIONS, frames_from_windows, score_windows, window_starts
+from .. import io
+from ..audio import SR  # the book's one sample rate
+from ..data.rttm import check_recording_id, read_references, write_rttm
+from .output import MARKER, SEGMENT_COLUMNS, measure, prepare_out, segments_table, write_frames
+from .windows import AGGREGATIONS, frames_from_windows, score_windows, window_starts
 
 
 # ============================================================================================== parameters
@@ -116,7 +116,7 @@ def read_recordings(audio: str | Path, audio_root: str | Path | None = None) -> 
     Checked before any model is loaded, as ``predict`` checks its manifest: every problem is named with its file or
     row and what to do.
     """
-    from .audio import AUDIO_EXTENSIONS
+    from ..audio import AUDIO_EXTENSIONS
 
     src = Path(audio)
     if not src.exists():
@@ -223,8 +223,8 @@ def frame_probabilities(system: Any, x: np.ndarray, params: SegmentParams, batch
     """Frame probabilities of one recording on the ``frame_ms`` grid, and how they were made."""
     from tqdm.auto import tqdm
 
-    from .audio import normalize
-    from .vad import frame_track
+    from ..audio import normalize
+    from ..vad import frame_track
 
     frame = int(round(params.frame_ms * SR / 1000))
     n_frames = max(1, -(-len(x) // frame))
@@ -265,7 +265,7 @@ def segment_audio(system: Any, x: np.ndarray, params: SegmentParams, recording_i
 
 def load_recording(path: str | Path, where: str = "") -> np.ndarray:
     """A recording as ``predict`` reads a clip (any rate and channel count); an unusable file is named."""
-    from .audio import AudioNote, load_audio
+    from ..audio import AudioNote, load_audio
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AudioNote)  # conversions are expected for recordings; the file is named on errors
@@ -293,7 +293,7 @@ def segment_recordings(
 ) -> Path:
     """``python -m lib segment``: segment every recording of ``audio`` with ``system`` (a spec for
     :func:`lib.systems.load_system`, or a loaded scorer) and write the output folder; returns it. With
-    ``reference`` (RTTM file or folder), also measure the segments against it (:mod:`lib.detection`, pyannote.metrics,
+    ``reference`` (RTTM file or folder), also measure the segments against it (:mod:`lib.recordings.detection`, pyannote.metrics,
     ``collar_s``) into ``metrics.json`` and ``metrics_by_recording.csv``."""
     params = params or SegmentParams()
     recs = read_recordings(audio, audio_root)
@@ -302,7 +302,7 @@ def segment_recordings(
         raise ValueError(f"collar must be >= 0 s, got {collar_s!r}")
     out = prepare_out(out, recs["path"])
     if isinstance(system, str):
-        from .systems import load_system
+        from ..systems import load_system
 
         scorer = load_system(system, **options)
         spec = system
