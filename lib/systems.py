@@ -210,8 +210,8 @@ def find_finetuned_system(run_dir: str | Path, variant: str | None = None, name:
         pick = name
     elif not found:
         return None
-    elif variant and f"{MODEL_PREFIX}-{variant}" in found:
-        pick = f"{MODEL_PREFIX}-{variant}"
+    elif variant and trained_system_name(variant) in found:
+        pick = trained_system_name(variant)
     else:
         pick = sorted(found)[0]
     return pick, Path(run_dir) / "systems" / pick, found[pick]

@@ -135,17 +135,12 @@ def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tupl
 def default_systems(run_dir: str | Path, lora_variant: str = "attn") -> list[str]:
     """The run's fine-tuned system (``qwen2audio-<variant>``, else its only LoRA system), its fitted baselines,
     and the three VADs."""
-    import yaml
-
-    from ..systems import list_systems
+    from ..systems import find_finetuned_system, list_systems
 
     run_dir = Path(run_dir)
-    kinds = {n: (yaml.safe_load((run_dir / "systems" / n / "system.yaml").read_text()) or {}).get("kind")
-             for n in list_systems(run_dir)}
-    lora = [n for n, k in kinds.items() if k == "lora"]
-    main = f"qwen2audio-{lora_variant}"
-    picked = [main] if main in lora else lora[:1]
-    picked += [n for n, k in kinds.items() if k in ("energy", "logmel")]
+    finetuned = find_finetuned_system(run_dir, variant=lora_variant)
+    picked = [finetuned[0]] if finetuned else []
+    picked += [n for kind in ("energy", "logmel") for n in list_systems(run_dir, kind=kind)]
     return [f"{run_dir}:{n}" for n in picked] + list(VAD_SPECS)
 
 
