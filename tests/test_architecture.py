@@ -54,7 +54,7 @@ def test_processor_7b_maps_audio_token_to_151646():
     inputs = M.make_inputs(processor, [clip])
     ids = inputs["input_ids"][0].tolist()
     assert ids.count(151646) == M.n_audio_tokens(3200) == 5
-    assert M.answer_token_ids(processor.tokenizer) == (32, 33)  # the real Qwen tokenizer (lib.tokenizer)
+    assert M.answer_token_ids(processor.tokenizer) == (32, 33)  # the real Qwen tokenizer (lib.model.build.tokenizer)
     assert processor.feature_extractor.feature_size == 128
 
 
