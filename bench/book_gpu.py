@@ -128,7 +128,9 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             log(f"built {folder} in {res['build_folder_s']} s ({res['folder_gib']} GiB on disk)")
         loads = {}
-        for quant, dtype in ([("nf4", "bfloat16")] + ([("none", "bfloat16")] if args.bf16_load else [])):
+        # the book's own setting first (the full profile's nf4 unless --set quantization=none), then bf16 if asked
+        book_quant = str(parse_sets(args.set).get("quantization", "nf4"))
+        for quant, dtype in dict.fromkeys([(book_quant, "bfloat16")] + ([("none", "bfloat16")] if args.bf16_load else [])):
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             model, processor = M.load_model(str(folder), quantization=quant, torch_dtype=dtype)

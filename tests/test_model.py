@@ -194,6 +194,22 @@ def test_nf4_on_cpu_quantizes_only_the_language_model(tiny):
     assert np.abs(q.logits - full.logits).max() < 0.5 * np.abs(full.logits).max()  # 4-bit weights: close, not equal
 
 
+def test_nf4_without_bitsandbytes_names_the_package_and_keeps_the_folder(tmp_path, monkeypatch):
+    """A missing bitsandbytes is not a damaged model folder: the error says what to install or set, and that the
+    folder is fine (before this, the user was told to delete 15 GiB of weights)."""
+    import sys
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
+    with pytest.raises(M.MissingPackageError) as err:
+        M.load_model(str(folder), quantization="nf4", torch_dtype="bfloat16", device="cpu")
+    text = str(err.value)
+    assert "bitsandbytes" in text and "quantization=none" in text and "keep it" in text and "damaged" not in text
+    assert (folder / "config.json").exists()
+
+
 def test_missing_weights_say_where_to_put_them(tmp_path):
     with pytest.raises(M.ModelNotFoundError) as err:
         M.load_model("speechbook-tests/no-such-model")

@@ -24,7 +24,7 @@ from .build.mini import MINI_MODELS
 from .build.qwen7b import QWEN2_AUDIO_7B_CONFIG, REAL_MODEL_ID
 from .build.tiny import SPECIAL_TOKENS, TINY, TINY_VERSION, build_tiny_model, ensure_tiny_model, tiny_model_dir
 from .encoder_cache import CACHE_FORMAT, ENCODE_GROUP, EncoderCache, encode_audio, encoder_cache_folder
-from .errors import AdapterMismatchError, DamagedFilesError, ModelNotFoundError
+from .errors import AdapterMismatchError, DamagedFilesError, MissingPackageError, ModelNotFoundError
 from .fast import (SharedPrefix, attention_backends, fused_kernels, fused_norms, prompt_prefix, scoring_kernels,
                    with_prefix)
 from .forward import Scores, answer_logits, audio_features, head_rows, hidden_states, softmax2
@@ -39,7 +39,7 @@ from .scoring import ClipFiles, encoder_outputs, generate_answers, score
 __all__ = [
     "ADAPTER_REMEDY", "ANSWERS", "BUILD_INFO", "CACHE_FORMAT", "DEFAULT_PROMPT", "ENCODE_GROUP", "GPU_PEAKS_ENV",
     "MINI_MODELS", "MIN_AUDIO_SAMPLES", "NF4_SKIP_MODULES", "QWEN2_AUDIO_7B_CONFIG", "REAL_MODEL_ID", "SPECIAL_TOKENS",
-    "TINY", "TINY_VERSION", "AdapterMismatchError", "ClipFiles", "DamagedFilesError", "EncoderCache", "LoraScorer",
+    "TINY", "TINY_VERSION", "AdapterMismatchError", "ClipFiles", "DamagedFilesError", "MissingPackageError", "EncoderCache", "LoraScorer",
     "ModelNotFoundError", "Scores", "SharedPrefix", "answer_is_one_token", "answer_logits", "answer_suffix",
     "answer_token_ids", "attention_backends", "audio_features", "base_fingerprint", "batches_of", "build_tiny_model",
     "cached_on_processor", "check_adapter_files", "check_base_model", "check_weights", "cpu_threads_for",

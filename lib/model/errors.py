@@ -16,6 +16,19 @@ class DamagedFilesError(ValueError):
     """A saved model or adapter folder is damaged (half-written, truncated, edited); names it and what to do."""
 
 
+class MissingPackageError(ImportError):
+    """A package the requested setting needs is not installed; the message names it and the alternative."""
+
+
+def nf4_needs_bitsandbytes(err: Exception) -> MissingPackageError:
+    """``quantization=nf4`` without a working bitsandbytes: install it, or load in bf16 (the files are fine)."""
+    return MissingPackageError(
+        f"quantization=nf4 needs bitsandbytes, which cannot be imported here ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:200] if str(err) else ''}). Install it (`pip install bitsandbytes==0.50.2`, the "
+        f"version pyproject.toml pins; NF4 runs on a CUDA GPU), or set quantization=none to load the model in "
+        f"bf16. The model folder itself is not at fault: keep it.")
+
+
 def model_not_found(name: str, err: Exception) -> ModelNotFoundError:
     """No weights for ``name``: where to put them, and the cpu profile's alternative."""
     from huggingface_hub.constants import HF_HUB_CACHE

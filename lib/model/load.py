@@ -22,7 +22,7 @@ from .build import mini, tiny
 from .build.folder import BUILD_INFO
 from .build.qwen7b import REAL_MODEL_ID, is_random_weights
 from .encoder_cache import EncoderCache, encoder_cache_folder
-from .errors import ModelNotFoundError, damaged_model, model_not_found
+from .errors import ModelNotFoundError, damaged_model, model_not_found, nf4_needs_bitsandbytes
 from .gpu_peaks import record_gpu_peaks
 from .prompt import answer_token_ids
 
@@ -105,6 +105,11 @@ def load_model(model_name_or_path: str = tiny.TINY, quantization: str = "none", 
 
     if quantization not in ("none", "nf4"):
         raise ValueError(f"quantization {quantization!r} unknown; use none or nf4")
+    if quantization == "nf4":
+        try:  # before from_pretrained, whose failure would otherwise read as a damaged folder
+            import bitsandbytes  # noqa: F401
+        except Exception as err:  # noqa: BLE001 - ImportError, or a broken CUDA library inside it
+            raise nf4_needs_bitsandbytes(err) from err
     path = resolve_model_path(model_name_or_path)
     device = pick_device(device)
     dtype = resolve_dtype(torch_dtype)
@@ -120,6 +125,8 @@ def load_model(model_name_or_path: str = tiny.TINY, quantization: str = "none", 
         if Path(path).is_dir():  # a local folder that is there but cannot be read as a model
             raise damaged_model(path, err, (Path(path) / BUILD_INFO).exists()) from None
         raise model_not_found(model_name_or_path, err) from err
+    except ImportError:  # a missing or too old package, not a damaged folder: its message says what to install
+        raise
     except Exception as err:  # noqa: BLE001 - truncated weights (SafetensorError), a broken config.json ...
         if Path(path).is_dir():
             raise damaged_model(path, err, (Path(path) / BUILD_INFO).exists()) from None
