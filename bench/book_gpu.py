@@ -48,10 +48,10 @@ def parse_sets(items: list[str]) -> dict:
 
 def bank_sizes(cfg: dict) -> dict:
     """Clips per split of a factorial bank as ``cfg`` asks for it (durations x SNRs x 2 classes x clips per cell)."""
-    from lib import data as D
+    from lib.data.plan import split_counts
 
     cells = len(cfg["durations_ms"]) * len(cfg["snrs_db"]) * 2
-    per_split = D._split_counts(int(cfg["clips_per_cell"]), cfg["split_fractions"])
+    per_split = split_counts(int(cfg["clips_per_cell"]), cfg["split_fractions"])
     return {"bank": cells * int(cfg["clips_per_cell"]), "train": cells * per_split[0], "dev": cells * per_split[1],
             "test": cells * per_split[2]}
 

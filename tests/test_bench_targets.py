@@ -179,3 +179,13 @@ def test_small_dry_run_on_the_cpu_judges_itself(tmp_path):
     md = (tmp_path / "bench_gpu.md").read_text()
     assert "Targets:" in md and "not measured" in md and "Correctness checks:" in md
     assert "exit code 0" in (tmp_path / "log.txt").read_text()
+
+
+def test_the_gpu_book_benchmark_sizes_banks_as_the_book_builds_them():
+    """bench.book_gpu scales each chapter by the bank's split sizes; they are the ones the v5 runs recorded
+    (BENCHMARKS.md): 720 / 432 / 144 / 144 clips at clips_per_cell=10 and 14400 / 8640 / 2880 / 2880 on the full profile."""
+    from bench.book_gpu import bank_sizes
+    from lib.config import resolve
+
+    assert bank_sizes(resolve("full", {"clips_per_cell": 10})) == {"bank": 720, "train": 432, "dev": 144, "test": 144}
+    assert bank_sizes(resolve("full", {})) == {"bank": 14400, "train": 8640, "dev": 2880, "test": 2880}

@@ -157,7 +157,7 @@ def plan_bank(params: Mapping[str, Any], sources: pd.DataFrame, noise: pd.DataFr
     return plan, src, noise
 
 
-def _split_counts(total: int, fractions: Sequence[float]) -> list[int]:
+def split_counts(total: int, fractions: Sequence[float]) -> list[int]:
     raw = np.asarray(fractions) * total
     n = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - n), kind="stable")[: total - n.sum()]:
@@ -181,7 +181,7 @@ class _Cycler:
 
 
 def _plan_factorial(params, src, noise, cache, rng, rows) -> None:
-    counts = _split_counts(params["clips_per_cell"], params["split_fractions"])
+    counts = split_counts(params["clips_per_cell"], params["split_fractions"])
     other = {
         "noise_type": params["noise_types"], "rt60_s": params["rt60s_s"], "filter": params["filters"],
     }
