@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import data, results
 from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
-from .systems import ZERO_SHOT, is_study_system, list_systems, read_system_yaml
+from .systems import ZERO_SHOT, is_study_system, list_systems, read_system_yaml, scoring_normalization
 from .train import split_rows
 
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
@@ -30,7 +30,7 @@ def score_split(scorer: Any, bank: pd.DataFrame, manifest: str | Path, cfg: Mapp
     ``cfg["normalization"]`` only for a scorer that records none (the zero-shot model, a built-in VAD).
     """
     rows = split_rows(bank, split)
-    mode = getattr(scorer, "normalization", None) or cfg["normalization"]
+    mode = scoring_normalization(scorer, default=cfg["normalization"])
     audios = data.load_clips(rows, manifest, normalization=mode)
     p = np.asarray(scorer.score(audios), dtype=float)
     return results.predictions_frame(run_id=cfg["run_id"], system=system, variant=variant, seed=seed,

@@ -302,7 +302,7 @@ def predict_report(
     log: Callable[[str], None] | None = None,
     **options: Any,
 ) -> PredictReport:
-    from .systems import load_system, system_folder
+    from .systems import load_system, scoring_normalization, system_folder
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -314,7 +314,7 @@ def predict_report(
     folder = system_folder(system)
     target = check_output(out, [manifest, *df["abs_path"]], [folder] if folder else [])
     scorer = load_system(system, **options)
-    mode = normalization or getattr(scorer, "normalization", None) or "none"
+    mode = scoring_normalization(scorer, normalization)
     window = getattr(scorer, "window_samples", None)
     scores = np.full(len(df), np.nan)
     failures: list[tuple[int, str, str]] = []

@@ -60,6 +60,20 @@ def trained_system_name(lora_variant: str, loss_masking: bool = True) -> str:
     return f"{MODEL_PREFIX}-{lora_variant}" + ("" if loss_masking else FULL_LOSS_SUFFIX)
 
 
+def scoring_normalization(system: Any, requested: str | None = None, default: str | None = "none") -> str:
+    """The load-time level normalization to score ``system``'s clips at, the one rule every scoring path uses:
+    the one asked for (``--normalization``, a segment setting), else the system's own (``system.normalization``:
+    what a trained or fitted system saw in training), else ``default`` (a run's ``normalization`` for systems
+    that record none: the zero-shot model, the VADs). ``default=None`` makes a system without one an error."""
+    mode = requested or getattr(system, "normalization", None) or default
+    if mode is None:
+        raise ValueError(f"{getattr(system, 'name', system)}: say which load-time normalization to score at "
+                         f"({', '.join(NORMALIZATIONS)})")
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+    return mode
+
+
 def study_system_name(lora_variant: str, normalization: str, loss_masking: bool = True) -> str:
     """``qwen2audio-<variant>-<normalization>-study``: a system trained with the study recipe (``-fullloss``
     before ``-study`` when the loss covers the whole sequence). No ``+`` (that marks a derived system)."""

@@ -112,3 +112,21 @@ def test_score_split_uses_each_systems_own_normalization(tmp_path):
     assert own["p_speech"].to_numpy() == pytest.approx(0.99, abs=1e-3)  # the system's peak, not the run's none
     plain = evaluate.score_split(_PeakScorer(None), bank, manifest, cfg, "records-none")
     assert plain["p_speech"].to_numpy() == pytest.approx(0.1, abs=1e-3)  # no normalization of its own: the run's
+
+
+def test_one_rule_says_which_normalization_a_system_is_scored_at():
+    """lib.systems.scoring_normalization: what was asked for, else the system's own, else the default; used by
+    evaluate, predict, segment, chapter 09 and the baselines' scoring."""
+    from types import SimpleNamespace
+
+    from lib.systems import scoring_normalization
+
+    trained = SimpleNamespace(name="qwen2audio-attn", normalization="peak")
+    vad = SimpleNamespace(name="silero")
+    assert scoring_normalization(trained) == "peak"
+    assert scoring_normalization(trained, "rms") == "rms"  # an explicit request wins
+    assert scoring_normalization(vad) == "none" and scoring_normalization(vad, default="rms") == "rms"
+    with pytest.raises(ValueError, match="silero: say which"):
+        scoring_normalization(vad, default=None)
+    with pytest.raises(ValueError, match="loudness"):
+        scoring_normalization(trained, "loudness")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..audio import NORMALIZATIONS
+from ..systems import scoring_normalization
 
 
 def score_bank(
@@ -37,12 +37,7 @@ def score_bank(
     from ..results import predictions_frame
 
     own = getattr(system, "normalization", None)
-    if normalization is None:
-        if own is None:
-            raise ValueError(f"{system.name}: say which load-time normalization to score at (none, peak or rms)")
-        normalization = own
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    normalization = scoring_normalization(system, normalization, default=None)
     if own is not None and normalization != own:
         raise ValueError(f"{system.name} was trained on clips at normalization {own!r}; scoring at {normalization!r} would be a mismatch")
     df = bank_df if split is None else bank_df[bank_df["split"] == split]

@@ -53,6 +53,7 @@ import pandas as pd
 from .. import io
 from ..audio import SR  # the book's one sample rate
 from ..data.rttm import check_recording_id, read_references, write_rttm
+from ..systems import scoring_normalization
 from .output import MARKER, SEGMENT_COLUMNS, measure, prepare_out, segments_table, write_frames
 from .windows import AGGREGATIONS, frames_from_windows, score_windows, window_starts
 
@@ -229,7 +230,6 @@ def frame_probabilities(system: Any, x: np.ndarray, params: SegmentParams, batch
     frame = int(round(params.frame_ms * SR / 1000))
     n_frames = max(1, -(-len(x) // frame))
     t0 = time.perf_counter()
-    own = getattr(system, "normalization", None)
     if getattr(system, "kind", None) in ("silero", "webrtc", "firered"):
         y = x if params.normalization in (None, "none") else normalize(x, params.normalization)
         track = frame_track(system, y, progress=progress)
@@ -238,7 +238,7 @@ def frame_probabilities(system: Any, x: np.ndarray, params: SegmentParams, batch
     window = int(round(params.window_ms * SR / 1000))
     hop = int(round(params.hop_ms * SR / 1000))
     starts = window_starts(len(x), window, hop)
-    mode = params.normalization or own or "none"
+    mode = scoring_normalization(system, params.normalization)
     bar = tqdm(total=len(starts), desc=desc or getattr(system, "name", "windows"), unit="win", disable=not progress,
                mininterval=1.0)
     try:
@@ -310,8 +310,7 @@ def segment_recordings(
         scorer, spec = system, getattr(system, "name", "?")
     name = getattr(scorer, "name", str(spec))
     is_vad = getattr(scorer, "kind", None) in ("silero", "webrtc", "firered")
-    own = getattr(scorer, "normalization", None)
-    norm = params.normalization or own or "none"
+    norm = scoring_normalization(scorer, params.normalization)
     settings = getattr(scorer, "settings", "")
     variant = "/".join(x for x in [norm, "frames" if is_vad else params.windows_variant(), params.decision_variant()] if x)
     if is_vad and settings:

@@ -33,6 +33,7 @@ import pandas as pd
 from .. import io
 from ..audio import AUDIO_EXTENSIONS, SR
 from ..data.rttm import read_rttm_segments, write_rttm
+from ..systems import scoring_normalization
 from . import detection
 from .output import SEGMENT_COLUMNS
 from .segment import SegmentParams, binarize, frame_probabilities, load_recording, segment_recordings
@@ -161,7 +162,7 @@ def dev_frames(system: Any, recs: pd.DataFrame, windows_ms: Sequence[float], hop
         params = SegmentParams(frame_ms=frame_ms, hop_ms=max(frame_ms, hop_ms), window_ms=max(frame_ms, hop_ms, 20))
         out[(None, None)] = {rid: frame_probabilities(system, x, params)[0] for rid, x in audio.items()}
         return out, time.perf_counter() - t0
-    mode = getattr(system, "normalization", None) or "none"
+    mode = scoring_normalization(system)
     for w in windows_ms:
         win, hop = int(round(w * SR / 1000)), int(round(min(hop_ms, w) * SR / 1000))
         for rid, x in audio.items():
