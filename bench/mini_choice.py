@@ -34,8 +34,8 @@ def main() -> None:
     cfg["data_dir"] = os.environ.get("DATA_DIR") or cfg["data_dir"]
     manifest = data.build_bank(cfg, progress=False)
     bank = data.load_bank(manifest)
-    tr = TR.split_rows(bank, "train", args.n_train, 0)
-    dv = TR.split_rows(bank, "dev", args.dev, 0)
+    tr = data.split_rows(bank, "train", args.n_train, 0)
+    dv = data.split_rows(bank, "dev", args.dev, 0)
     norm = cfg["normalization"]
     train_audios, dev_audios = data.load_clips(tr, manifest, normalization=norm), data.load_clips(dv, manifest, normalization=norm)
     name = args.model

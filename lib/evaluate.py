@@ -16,7 +16,7 @@ import pandas as pd
 from . import data, results
 from .stats import SYSTEM_KEY, binary_metrics, wilson_intervals
 from .systems import ZERO_SHOT, is_study_system, list_systems, read_system_yaml, scoring_normalization
-from .train import split_rows
+from .data import split_rows
 
 AXES = ("duration_ms", "snr_db", "noise_type", "rt60_s", "filter", "bandlimit")
 

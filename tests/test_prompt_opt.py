@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from lib import config
+from lib import config, data
 from lib import model as M
 from lib import prompt_opt as P
 
@@ -220,10 +220,12 @@ def test_evaluate_prompt_writes_the_predictions_table(tiny):
 
 def test_dev_subsample_is_stratified_and_seeded():
     df = pd.DataFrame({"clip_id": [str(i) for i in range(100)], "label": ["speech"] * 70 + ["nonspeech"] * 30})
-    sub = P.subsample(df, 20, seed=1)
+    sub = data.subset(df, 20, seed=1, by_label=True)  # the book's one subset picker (lib.data.splits)
     assert len(sub) == 20 and (sub["label"] == "speech").sum() == 14
-    assert sub.equals(P.subsample(df, 20, seed=1)) and list(sub.index) == sorted(sub.index)
-    assert P.subsample(df, None).equals(df)
+    assert sub.equals(data.subset(df, 20, seed=1, by_label=True)) and list(sub.index) == sorted(sub.index)
+    assert data.subset(df, None, by_label=True).equals(df)
+    plain = data.subset(df, 20, seed=1)  # without by_label: a plain seeded draw, as split_rows makes
+    assert len(plain) == 20 and plain.equals(df.sample(n=20, random_state=1).sort_index())
 
 
 def test_optimizer_from_a_qwen2_audio_checkpoint_uses_its_language_model():

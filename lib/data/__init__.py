@@ -34,4 +34,4 @@ from .sources import (
     bank_sources, fingerprint, load_sources, read_corpus_manifest, read_esc50_meta, sources_from_esc50, sources_from_local,
     strip_segment,
 )
-from .splits import assign_splits, check_splits, split_disjointness, split_table
+from .splits import assign_splits, check_splits, split_disjointness, split_rows, split_table, subset

@@ -75,3 +75,28 @@ def split_disjointness(bank: pd.DataFrame) -> dict[str, int]:
     if (noise_crossing > 1).any():
         raise AssertionError(f"noise recordings in several splits: {noise_crossing[noise_crossing > 1].index.tolist()[:5]}")
     return {"groups": int(crossing.size), "noise_recordings": int(noise_crossing.size)}
+
+
+def subset(rows: pd.DataFrame, max_clips: int | None, seed: int = 0, by_label: bool = False) -> pd.DataFrame:
+    """At most ``max_clips`` of ``rows``, seeded, in bank order: the book's one subset picker. A plain random draw,
+    or with ``by_label`` one drawn per label in proportion to its share (at least one clip of each)."""
+    if not max_clips or len(rows) <= max_clips:
+        return rows
+    if not by_label:
+        return rows.sample(n=int(max_clips), random_state=seed).sort_index()
+    rng = np.random.default_rng(seed)
+    counts = rows["label"].value_counts()
+    take = {lab: int(round(max_clips * n / len(rows))) for lab, n in counts.items()}
+    keep = []
+    for lab, part in rows.groupby("label", sort=True):
+        idx = part.index.to_numpy()
+        keep.extend(rng.choice(idx, size=min(len(idx), max(1, take[lab])), replace=False).tolist())
+    return rows.loc[sorted(keep, key=rows.index.get_loc)]
+
+
+def split_rows(bank: pd.DataFrame, split: str, max_clips: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The bank's rows of ``split``; with ``max_clips``, a seeded random subset of that many (in bank order)."""
+    rows = bank[bank["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the bank has no {split!r} clips: rebuild it (chapter 01) with split_fractions that give every split clips")
+    return subset(rows, max_clips, seed)

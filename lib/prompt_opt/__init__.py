@@ -46,7 +46,7 @@ to the earlier candidate, so the hand-written prompt wins a tie.
 from __future__ import annotations
 
 from . import chapter, clips, figures, opro, scoring, search, settings, templates
-from .clips import ClipSet, load_split, require_dev, subsample
+from .clips import ClipSet, load_split, require_dev
 from .opro import (META_PROMPT, SPECIAL_TOKEN_RE, STATUS_DUPLICATE, STATUS_INITIAL, STATUS_REJECTED, STATUS_SCORED,
                    TextOptimizer, build_meta_prompt, candidate_key, clean_candidate, format_history, opro_search, status_counts, step_seed)
 from .scoring import PromptScorer, SearchResult, dev_scores, evaluate_prompt, score_prompt
@@ -57,7 +57,7 @@ from .templates import (DEFAULT_ANSWER_LINE, DEFAULT_LABELS, LETTERS, NONSPEECH,
 
 __all__ = [
     "chapter", "clips", "figures", "opro", "scoring", "search", "settings", "templates",
-    "ClipSet", "load_split", "require_dev", "subsample", "META_PROMPT", "SPECIAL_TOKEN_RE", "STATUS_DUPLICATE",
+    "ClipSet", "load_split", "require_dev", "META_PROMPT", "SPECIAL_TOKEN_RE", "STATUS_DUPLICATE",
     "STATUS_INITIAL", "STATUS_REJECTED", "STATUS_SCORED", "TextOptimizer", "build_meta_prompt", "candidate_key",
     "clean_candidate", "format_history", "opro_search", "status_counts", "step_seed", "PromptScorer", "SearchResult", "dev_scores",
     "evaluate_prompt", "score_prompt", "Selection", "select_prompts", "template_search", "OproSettings",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data import subset
 from .templates import NONSPEECH, SPEECH
 
 
@@ -25,20 +26,6 @@ class ClipSet:
         return len(self.clip_ids)
 
 
-def subsample(df: pd.DataFrame, max_clips: int | None, seed: int = 0) -> pd.DataFrame:
-    """At most ``max_clips`` rows, drawn per label in proportion to its share (seeded), in bank order."""
-    if max_clips is None or len(df) <= max_clips:
-        return df
-    rng = np.random.default_rng(seed)
-    counts = df["label"].value_counts()
-    take = {lab: int(round(max_clips * n / len(df))) for lab, n in counts.items()}
-    keep = []
-    for lab, part in df.groupby("label", sort=True):
-        idx = part.index.to_numpy()
-        keep.extend(rng.choice(idx, size=min(len(idx), max(1, take[lab])), replace=False).tolist())
-    return df.loc[sorted(keep, key=df.index.get_loc)]
-
-
 def load_split(bank: pd.DataFrame, split: str, normalization: str = "rms", max_clips: int | None = None,
                seed: int = 0, manifest: str | Path | None = None) -> ClipSet:
     """The clips of one split of a bank table (``lib.data.load_bank``), optionally subsampled."""
@@ -49,7 +36,7 @@ def load_split(bank: pd.DataFrame, split: str, normalization: str = "rms", max_c
         raise ValueError(f"the bank has no {split!r} clips")
     if set(rows["label"]) != {SPEECH, NONSPEECH}:
         raise ValueError(f"the {split} split needs both classes to compute balanced accuracy; it has {sorted(set(rows['label']))}")
-    rows = subsample(rows, max_clips, seed).reset_index(drop=True)
+    rows = subset(rows, max_clips, seed, by_label=True).reset_index(drop=True)
     audios = load_clips(rows, manifest, normalization=normalization)
     return ClipSet(split, rows["clip_id"].astype(str).tolist(), rows["label"].to_numpy().astype(str), audios, rows)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import data, stats
 from ..systems import trained_system_name
-from ..train import split_rows
+from ..data import split_rows
 from .claims import SEED_CLAIMS, accuracy_pair_tables, clips_to_detect, pair_verdicts, pairwise_mcnemar, scoring_vs_generate
 from .design import check_no_shared_sources, seed_bank_config, seed_design_recipe, seed_design_splits
 

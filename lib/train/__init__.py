@@ -26,7 +26,7 @@ from .loop import Step, TrainResult, dev_metrics, train, write_history
 from .loss import LABEL_TO_ANSWER, accumulate_gradients, answers_for, batch_loss
 from .data_parallel import DataParallel
 from .recipe import LORA_VARIANTS, TrainConfig, profile_recipe, scaled_learning_rate, split_batch
-from .system import BaseModelConfig, split_rows, train_on_bank, train_system
+from .system import BaseModelConfig, train_on_bank, train_system
 
 __all__ = [
     "BaseModelConfig", "CHECKPOINTING_MODES", "CHECKPOINTS_KEPT", "CheckpointMismatchError", "DataParallel",
@@ -34,7 +34,7 @@ __all__ = [
     "adapted_modules", "adapter_report", "answers_for", "apply_lora", "batch_loss", "check_fingerprint",
     "checkpointing_mode", "dev_metrics", "epoch_order", "latest_checkpoint", "load_checkpoint", "lora_config",
     "micro_batches", "optimizer_steps", "parameter_counts", "profile_recipe", "run_fingerprint", "save_checkpoint",
-    "scaled_learning_rate", "set_gradient_checkpointing", "split_batch", "split_rows", "steps_per_epoch",
+    "scaled_learning_rate", "set_gradient_checkpointing", "split_batch", "steps_per_epoch",
     "target_modules_regex", "train", "train_on_bank", "train_system", "trainable_modules",
     "write_history",
 ]

@@ -17,6 +17,7 @@ import pandas as pd
 from .. import data, io
 from .. import model as M
 from ..config import section
+from ..data import split_rows
 from ..systems import trained_system_name
 from .lora import adapter_report, apply_lora
 from .loop import Step, train
@@ -35,16 +36,6 @@ class BaseModelConfig:
     torch_dtype: str
     short_encoder: bool
 
-
-
-def split_rows(bank: pd.DataFrame, split: str, max_clips: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The bank's rows of ``split``; with ``max_clips``, a seeded random subset of that many (in bank order)."""
-    rows = bank[bank["split"] == split]
-    if rows.empty:
-        raise ValueError(f"the bank has no {split!r} clips: rebuild it (chapter 01) with split_fractions that give every split clips")
-    if max_clips and len(rows) > max_clips:
-        rows = rows.sample(n=int(max_clips), random_state=seed).sort_index()
-    return rows
 
 
 def train_on_bank(cfg: Mapping[str, Any], manifest: str | Path, name: str | None = None, progress: bool = True,
