@@ -104,7 +104,9 @@ def recordings_of(folder: str | Path) -> tuple[pd.DataFrame, dict[str, list[tupl
     RTTM references (an ``.rttm`` of the same name anywhere under the folder: VoxConverse's layout after its download)."""
     folder = Path(folder)
     if (folder / "scenes.csv").exists():
-        sc = pd.read_csv(folder / "scenes.csv", keep_default_na=False)
+        from .scenes import read_scenes
+
+        sc, _ = read_scenes(folder)
         recs = pd.DataFrame({"recording_id": sc["recording_id"], "path": [str(folder / p) for p in sc["path"]],
                              "rttm": [str(folder / p) for p in sc["rttm"]], "duration_s": sc["duration_s"].astype(float)})
     else:
