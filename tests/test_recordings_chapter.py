@@ -118,4 +118,5 @@ def test_run_test_and_the_figures_on_one_recording(tmp_path):
             figures.scene_timeline("s1", test, res, choice, ["loud"], "t")]
     err = analysis.speech_errors(_events(), HYPS, REFS)
     figs.append(figures.missed_speech_figure(err, ["a", "b"], "t"))
+    figs.append(figures.missed_speech_figure(err[err["system"] == "a"], ["a"], "t"))  # one system (seg_systems=[one])
     assert all(len(f.axes) >= 2 for f in figs)

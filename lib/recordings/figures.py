@@ -54,7 +54,7 @@ def missed_speech_figure(err: pd.DataFrame, order: Sequence[str], title: str) ->
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
     for ax, axis in zip(axes, ERROR_AXES):
         sns.pointplot(data=speech, x=axis, y="missed_share", hue="system", hue_order=list(order), errorbar=("ci", 95),
-                      dodge=0.4, ax=ax, markersize=4, linewidth=1)
+                      dodge=0.4 if len(order) > 1 else False, ax=ax, markersize=4, linewidth=1)  # seaborn divides by hues - 1
         ax.set_ylabel("share of reference speech missed")
         ax.get_legend().remove()
     axes[1].legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
