@@ -12,6 +12,14 @@ from .study import DevChoice, SceneSplit, TestResults
 from .analysis import ERROR_AXES
 
 
+
+def wrapped(title: str, fig: Any) -> str:
+    """A title broken into lines that fit the figure's width (about 12 characters an inch at 10 pt), so a long title
+    (smoke mark, model, run) never widens the saved figure past its axes."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width=max(40, int(fig.get_figwidth() * 12))))
+
 def detection_figure(metrics: pd.DataFrame, frames: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
                      title: str) -> Any:
     """Left: each system's detection error rate (false alarm + missed speech, with its bootstrap interval), best
@@ -40,7 +48,7 @@ def detection_figure(metrics: pd.DataFrame, frames: Mapping[str, Mapping[str, tu
     axes[1].set_xlabel("false positive rate (non-speech frames)")
     axes[1].set_ylabel("true positive rate (speech frames)")
     axes[1].legend(title="frame AUC", loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, fig), fontsize=10)
     return fig
 
 
@@ -58,7 +66,7 @@ def missed_speech_figure(err: pd.DataFrame, order: Sequence[str], title: str) ->
         ax.set_ylabel("share of reference speech missed")
         ax.get_legend().remove()
     axes[1].legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, fig), fontsize=10)
     return fig
 
 
@@ -103,5 +111,5 @@ def timeline_figure(recording_id: str, duration_s: float, reference: Sequence[tu
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     axes[-1].set_xlabel("time in the recording (s)")
     axes[-1].set_xlim(0, duration_s)
-    fig.suptitle(title, y=1.0, fontsize=10)
+    fig.suptitle(wrapped(title, fig), y=1.0, fontsize=10)
     return fig
