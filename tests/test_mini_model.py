@@ -103,6 +103,32 @@ def test_a_cached_output_is_the_same_bits_whatever_batch_first_met_the_clip(mini
         assert np.array_equal(out, outs[0])
 
 
+def test_a_cache_miss_leaves_the_random_stream_as_a_hit_does(mini):
+    """In training mode Whisper's encoder draws layer-drop numbers from torch's generator; the cache encodes in eval
+    mode, so whether a clip was cached cannot change a training's dropout masks (a sweep member trained beside the
+    book, its cache half cold, gave other bits than the same member trained again on the warm cache)."""
+    import torch
+
+    model, processor = mini
+    clips = _clips(4, seed=11)
+    saved = model.speechbook_encoder_cache
+    model.train()
+    try:
+        cache = model.speechbook_encoder_cache = M.EncoderCache()  # empty: every clip is a miss
+        torch.manual_seed(0)
+        M.encoder_outputs(model, processor, clips, batch_size=8)
+        after_miss = torch.rand(3)
+        torch.manual_seed(0)
+        M.encoder_outputs(model, processor, clips, batch_size=8)  # now every clip is a hit
+        after_hit = torch.rand(3)
+        assert (cache.misses, cache.hits) == (4, 4)
+        assert model.training and M.unwrap(model).model.audio_tower.training  # the model's mode is left as it was
+    finally:
+        model.eval()
+        model.speechbook_encoder_cache = saved
+    assert torch.equal(after_miss, after_hit)
+
+
 def test_a_trained_audio_tower_never_reads_the_cache(mini):
     from lib import train as TR
 

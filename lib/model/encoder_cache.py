@@ -104,6 +104,27 @@ class EncoderCache:
         # (tests/test_mini_model.py checks it), so a stored output is a function of the clip's features only, whatever
         # batch, process or order first met it, and a resumed training reads exactly what an uninterrupted one computed.
         # One clip at a time gives that too, at twice the cost per clip (bench/runs/2026-12-02_encoder_group.txt).
+        # The tower runs in eval mode whatever the model's: in training mode Whisper's encoder draws a layer-drop
+        # number from torch's global generator per layer, so a cache miss would move the random stream (LoRA dropout)
+        # that a hit leaves alone, and a training's result would depend on how warm the cache was.
+        was_training = tower.training
+        tower.eval()
+        try:
+            self._encode_missing(tower, input_features, feats_np, frames_np, feat_lengths, out_lengths, keys, rows, missing)
+        finally:
+            tower.train(was_training)
+        n_positions = (input_features.shape[-1] - 2) // 2 + 1
+        n_out = (n_positions - 2) // 2 + 1
+        hidden = np.zeros((len(rows), n_out, rows[0].shape[-1]), dtype=np.float32)
+        for i, r in enumerate(rows):
+            hidden[i, : len(r)] = r
+        return torch.from_numpy(hidden).to(input_features.device)
+
+    def _encode_missing(self, tower, input_features, feats_np, frames_np, feat_lengths, out_lengths, keys, rows,
+                        missing) -> None:
+        """Encode the rows not in the cache, in ENCODE_GROUP groups of equal length, and store them."""
+        import torch
+
         groups: dict[tuple[int, int], list[int]] = {}
         for i in missing:
             n = min(int(frames_np[i]) + 4 + (int(frames_np[i]) % 2), feats_np.shape[-1])
@@ -119,12 +140,6 @@ class EncoderCache:
                 for j, i in enumerate(chunk):
                     rows[i] = out[j, : int(out_lengths[i])].copy()
                     self.put(keys[i], rows[i])
-        n_positions = (input_features.shape[-1] - 2) // 2 + 1
-        n_out = (n_positions - 2) // 2 + 1
-        hidden = np.zeros((len(rows), n_out, rows[0].shape[-1]), dtype=np.float32)
-        for i, r in enumerate(rows):
-            hidden[i, : len(r)] = r
-        return torch.from_numpy(hidden).to(input_features.device)
 
 
 def encoder_cache_folder(path: str | os.PathLike) -> Path | None:
