@@ -105,9 +105,12 @@ def main(argv=None) -> int:
     smi = SmiSampler()
     marks: list[tuple[float, str]] = []
 
+    def portable(text: str) -> str:  # saved results name the project's files relative to it, the model folder by its option
+        return strip_machine_paths(text).replace(str(args.model_dir), "<model-dir>")
+
     def save() -> None:
-        (out / "book_gpu.json").write_text(json.dumps(res, indent=1, default=str))
-        (out / "log.txt").write_text("\n".join(LOG) + "\n")
+        (out / "book_gpu.json").write_text(portable(json.dumps(res, indent=1, default=str)))
+        (out / "log.txt").write_text(portable("\n".join(LOG) + "\n"))
 
     def timed_log(line: str) -> None:
         marks.append((time.perf_counter(), line))
